@@ -1,0 +1,45 @@
+"""`cifarctl download`: put CIFAR-10 into the local cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cifarctl import paths
+from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console
+from cifarctl.data import download_cifar10, import_cifar10
+
+
+@handle_errors
+def download(
+    source: Annotated[Optional[Path], typer.Option("--from", help="Import from a local archive or folder instead of downloading.")] = None,
+    url: Annotated[Optional[str], typer.Option("--url", help="Download from this mirror of cifar-10-python.tar.gz.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild the cache even if it is there.")] = False,
+) -> None:
+    """Download CIFAR-10 (md5-checked, resumable) or import it from a local copy.
+
+    Examples:
+
+      cifarctl download
+
+      cifarctl download --from ~/Downloads/cifar-10-python.tar.gz
+
+      cifarctl download --from ./cifar10-images/     (train/<class>/*.jpg and test/<class>/*.jpg)
+    """
+    err = err_console()
+    target = paths.dataset_dir()
+    progress = RichProgress(err)
+    if source is not None:
+        err.print(f"importing CIFAR-10 from {source} into {target}")
+        result = import_cifar10(source, force=force, progress=progress)
+    else:
+        err.print(f"downloading CIFAR-10 into {target} (archive kept in {paths.downloads_dir()})")
+        result = download_cifar10(url=url, force=force, progress=progress)
+    info = result.cache
+    counts = f"{info.train:,} train + {info.test:,} test images"
+    if result.action == "present":
+        out_console().print(f"CIFAR-10 is already in {info.path} ({counts}); nothing to do (--force rebuilds it)")
+    else:
+        out_console().print(f"[green]CIFAR-10 is ready[/] in {info.path}: {counts}, {result.action} from {info.source}")

@@ -1,0 +1,81 @@
+"""`cifarctl evaluate`: test accuracy, per-class accuracy and the confusion matrix of a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cifarctl.cli.data import load_data
+from cifarctl.cli.options import NEWEST, BatchSize, DataChoice, Device, Json, Offline
+from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
+from cifarctl.engine import EvalResult, evaluate as run_evaluation, find_latest
+from cifarctl.models import create_model
+
+
+@handle_errors
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. vgg16 or resnet50.")],
+    ckpt: Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint file (cifarctl's or a raw state_dict); "
+                                                "bare or omitted: the newest checkpoint of MODEL.")] = None,
+    device: Device = "auto",
+    batch_size: BatchSize = 100,
+    data: DataChoice = "cifar10",
+    offline: Offline = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the confusion matrix into this PNG file.")] = None,
+    json_output: Json = False,
+) -> None:
+    """Evaluate a checkpoint on the 10,000 test images.
+
+    Examples:
+
+      cifarctl evaluate vgg16 --ckpt                  (the newest vgg16 checkpoint)
+
+      cifarctl evaluate resnet50 --ckpt resnet50_285.pt --json
+    """
+    err = err_console()
+    create_model(model)  # an unknown name fails here, before any data is loaded
+    path = find_latest(model) if ckpt in (None, NEWEST) else Path(ckpt).expanduser()
+    dataset = load_data(data, offline, quiet=json_output)
+    err.print(f"evaluating {model} from {path}")
+    result = run_evaluation(model, path, dataset, device=device, batch_size=batch_size or 100,
+                            progress=RichProgress(err))
+    if plot is not None:
+        from cifarctl.plots import plot_confusion
+
+        plot_confusion(result.confusion, result.classes, plot, title=f"{model}: {result.accuracy:.2f}% ({path.name})")
+        err.print(f"confusion matrix drawn in {plot}")
+    if json_output:
+        print_json(result.to_dict())
+    else:
+        render_result(result)
+
+
+def render_result(result: EvalResult) -> None:
+    console = out_console()
+    console.print(f"[bold]{result.model}[/] test accuracy [bold green]{result.accuracy:.2f}%[/] "
+                  f"· loss {result.loss:.4f} · {result.images:,} images")
+    per_class = Table(title="per class", title_justify="left", show_edge=False)
+    per_class.add_column("class")
+    per_class.add_column("accuracy", justify="right")
+    per_class.add_column("images", justify="right")
+    for i, (name, acc) in enumerate(result.per_class.items()):
+        per_class.add_row(name, f"{acc:.1f}%", f"{sum(result.confusion[i]):,}")
+    console.print(per_class)
+    console.print(confusion_table(result))
+
+
+def confusion_table(result: EvalResult) -> Table:
+    """Rows are true classes, columns predictions; the diagonal is highlighted."""
+    table = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left",
+                  show_edge=False, pad_edge=False)
+    table.add_column("")
+    for name in result.classes:
+        table.add_column(name[:5], justify="right")
+    for i, name in enumerate(result.classes):
+        cells = [f"[bold green]{n}[/]" if i == j else (str(n) if n else "[dim]0[/]")
+                 for j, n in enumerate(result.confusion[i])]
+        table.add_row(name, *cells)
+    return table

@@ -1,0 +1,37 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperCommand
+
+Device = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda or cuda:N.")]
+Offline = Annotated[bool, typer.Option("--offline", help="Never download; fail with a hint if the dataset is missing.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (progress goes to stderr).")]
+DataChoice = Annotated[str, typer.Option("--data", help="cifar10 (the cached dataset) or fake (random data, no download).")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
+OutDir = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: a new one under the checkpoints root).")]
+
+# Sentinel for an option given without its value (``--ckpt`` alone means "the newest checkpoint").
+NEWEST = "\0newest"
+
+
+class OptionalValueCommand(TyperCommand):
+    """A command whose options in ``optional_value`` may be given bare: ``--ckpt`` means NEWEST.
+
+    Click has no optional-value options; rewriting the arguments before parsing keeps the help and
+    the typing of a plain ``--ckpt FILE`` option.
+    """
+
+    optional_value: tuple[str, ...] = ("--ckpt", "--resume")
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        rewritten: list[str] = []
+        for i, arg in enumerate(args):
+            rewritten.append(arg)
+            if arg in self.optional_value and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                rewritten.append(NEWEST)
+        return super().parse_args(ctx, rewritten)

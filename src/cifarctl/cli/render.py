@@ -1,0 +1,105 @@
+"""Everything that draws on the terminal: consoles, progress bars, errors, tables."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+
+from cifarctl.errors import CifarctlError
+
+DEBUG_ENV = "CIFARCTL_DEBUG"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def out_console() -> Console:
+    """Results go to stdout (so ``--json`` output can be piped); wide when redirected, so tables keep their cells."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def err_console() -> Console:
+    """Progress, notices and errors go to stderr."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)  # a message stays one line however long
+
+
+def print_json(data: Any) -> None:
+    """Exactly one JSON object on stdout, nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` as one red line on stderr; return the Exit to raise."""
+    err_console().print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn a known error into one red line and its exit code (a traceback only with CIFARCTL_DEBUG=1)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CifarctlError as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RichProgress:
+    """The library's ``Progress`` protocol drawn as rich bars on stderr."""
+
+    def __init__(self, console: Console | None = None, enabled: bool = True) -> None:
+        self.console = console or err_console()
+        self.enabled = enabled
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def start(self, description: str, total: float | None, unit: str = "") -> None:
+        self.finish()
+        if not self.enabled:
+            return
+        if unit == "bytes":
+            columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), TimeRemainingColumn()]
+        else:
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                       TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+        self._bar = Progress(*columns, console=self.console, transient=description == "evaluating")
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total, info="")
+
+    def advance(self, amount: float = 0, **info: object) -> None:
+        if self._bar is None:
+            return
+        fields = {"info": format_info(info)} if info else {}
+        self._bar.update(self._task, advance=amount, **fields)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def format_info(info: dict[str, object]) -> str:
+    parts = []
+    if "loss" in info:
+        parts.append(f"loss {float(info['loss']):.3f}")  # type: ignore[arg-type]
+    if "acc" in info:
+        parts.append(f"acc {float(info['acc']):.1f}%")  # type: ignore[arg-type]
+    if "img_s" in info:
+        parts.append(f"{float(info['img_s']):,.0f} img/s")  # type: ignore[arg-type]
+    return " · ".join(parts)

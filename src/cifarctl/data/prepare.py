@@ -1,0 +1,72 @@
+"""Get CIFAR-10 into the cache: download the official archive or import what the user has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifarctl import paths
+from cifarctl.data import sources
+from cifarctl.data.cifar10 import CIFAR10, CacheInfo, cache_info, load_cifar10, write_cache
+from cifarctl.data.download import download_file
+from cifarctl.errors import DatasetError
+from cifarctl.progress import NullProgress, Progress
+
+
+@dataclass
+class PrepareResult:
+    """What ``download`` or ``import`` did: ``action`` is "downloaded", "imported" or "present"."""
+
+    action: str
+    cache: CacheInfo
+    archive: Path | None = None
+
+
+def import_cifar10(source: Path, root: Path | None = None, force: bool = False,
+                   expected_md5: str | None = None, progress: Progress | None = None) -> PrepareResult:
+    """Build the cache from a local archive or folder (see ``cifarctl.data.sources``).
+
+    Usage: ``import_cifar10(Path("cifar-10-python.tar.gz"))``
+    """
+    root = root or paths.dataset_dir()
+    if not force and (info := cache_info(root)) is not None:
+        return PrepareResult("present", info)
+    data = sources.read_source(source, expected_md5=expected_md5, progress=progress)
+    return PrepareResult("imported", write_cache(data, root), archive=Path(source))
+
+
+def download_cifar10(url: str | None = None, root: Path | None = None, force: bool = False,
+                     expected_md5: str | None = None, progress: Progress | None = None) -> PrepareResult:
+    """Download the official archive (md5-checked, resumable) and build the cache from it.
+
+    Usage: ``download_cifar10()`` or ``download_cifar10(url="https://mirror/cifar-10-python.tar.gz")``
+    """
+    root = root or paths.dataset_dir()
+    if not force and (info := cache_info(root)) is not None:
+        return PrepareResult("present", info)
+    expected_md5 = expected_md5 or sources.ARCHIVE_MD5
+    archive = paths.downloads_dir() / sources.ARCHIVE_NAME
+    if archive.exists():
+        try:
+            sources.verify_md5(archive, expected_md5)
+        except DatasetError:
+            archive.unlink()
+    if not archive.exists():
+        download_file(url or sources.ARCHIVE_URL, archive, progress=progress)
+        try:
+            sources.verify_md5(archive, expected_md5)
+        except DatasetError:
+            archive.unlink()  # a wrong file must not be resumed from next time
+            raise
+    data = sources.read_source(archive, expected_md5=expected_md5, progress=progress)
+    return PrepareResult("downloaded", write_cache(data, root), archive=archive)
+
+
+def ensure_cifar10(offline: bool = False, progress: Progress | None = None) -> CIFAR10:
+    """The cached dataset, downloading it first when missing (unless ``offline``)."""
+    if cache_info(paths.dataset_dir()) is None:
+        if offline:
+            raise DatasetError(f"CIFAR-10 is not in {paths.dataset_dir()} and --offline is set: run "
+                               "`cifarctl download --from PATH` with the archive or an image folder")
+        download_cifar10(progress=progress or NullProgress())
+    return load_cifar10()

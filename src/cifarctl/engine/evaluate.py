@@ -1,0 +1,91 @@
+"""Test-set evaluation: accuracy, loss, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarctl.data.cifar10 import CIFAR10, CLASSES
+from cifarctl.data.loader import DeviceLoader
+from cifarctl.engine.device import autocast_dtype, resolve_device
+from cifarctl.progress import NullProgress, Progress
+
+
+@dataclass
+class EvalResult:
+    """Accuracy in percent; ``confusion[i][j]`` counts images of true class i predicted as j."""
+
+    accuracy: float
+    loss: float
+    images: int
+    confusion: list[list[int]]
+    classes: tuple[str, ...] = CLASSES
+    model: str = ""
+    checkpoint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_class(self) -> dict[str, float]:
+        """Accuracy per class in percent (recall of each true class)."""
+        out = {}
+        for i, name in enumerate(self.classes):
+            total = sum(self.confusion[i])
+            out[name] = 100.0 * self.confusion[i][i] / total if total else float("nan")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "checkpoint": self.checkpoint, "accuracy": self.accuracy, "loss": self.loss,
+                "images": self.images, "per_class": self.per_class, "confusion": self.confusion, **self.extra}
+
+
+def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10, amp: bool = True,
+                   progress: Progress | None = None, classes: tuple[str, ...] = CLASSES) -> EvalResult:
+    """Run ``model`` over ``loader`` under ``inference_mode``; the model's train/eval mode is restored."""
+    progress = progress or NullProgress()
+    device = loader.device
+    cast = autocast_dtype(device, amp)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    was_training = model.training
+    model.eval()
+    progress.start("evaluating", loader.num_samples, "images")
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
+            for x, y in loader.epoch(0):
+                logits = model(x).float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+                confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
+                progress.advance(len(y))
+    finally:
+        model.train(was_training)
+        progress.finish()
+    matrix = confusion.view(num_classes, num_classes).cpu()
+    images = int(matrix.sum())
+    accuracy = 100.0 * float(matrix.diag().sum()) / images if images else float("nan")
+    return EvalResult(accuracy, loss_sum.item() / max(images, 1), images, matrix.tolist(), classes=classes)
+
+
+def evaluate(model_name: str, checkpoint: Path | str, data: CIFAR10, device: str = "auto", batch_size: int = 100,
+             amp: bool = True, progress: Progress | None = None) -> EvalResult:
+    """Load ``checkpoint`` (cifarctl's or a raw state_dict) into ``model_name`` and evaluate on the test split.
+
+    Usage: ``evaluate("vgg16", "vgg16_250.pt", load_cifar10())``
+    """
+    from cifarctl.engine.checkpoint import load_checkpoint, load_weights
+    from cifarctl.models import create_model
+
+    dev = resolve_device(device)
+    model = create_model(model_name, num_classes=len(data.classes))
+    state = load_checkpoint(checkpoint)
+    load_weights(model, model_name, state, checkpoint)
+    model.to(dev)
+    loader = DeviceLoader(data.test_images, data.test_labels, batch_size, dev, train=False)
+    result = evaluate_model(model, loader, len(data.classes), amp=amp, progress=progress, classes=data.classes)
+    result.model, result.checkpoint = model_name, str(checkpoint)
+    result.extra = {"device": str(dev), "epoch": state.get("epoch"), "global_step": state.get("global_step")}
+    return result

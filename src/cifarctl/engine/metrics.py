@@ -1,0 +1,87 @@
+"""Accumulate loss and accuracy on the device; read them back once per logging interval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class RunningMetrics:
+    """Sums of loss and correct predictions kept as device tensors (no host sync per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.count = 0
+
+    def update(self, loss_mean: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.numel()
+        self.loss_sum += loss_mean.detach().double() * n
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.count += n
+
+    def read(self) -> tuple[float, float]:
+        """``(mean loss, accuracy in percent)``; the only host synchronisation."""
+        if not self.count:
+            return float("nan"), float("nan")
+        return self.loss_sum.item() / self.count, 100.0 * self.correct.item() / self.count
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_sum": self.loss_sum.item(), "correct": int(self.correct.item()), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum.fill_(float(state["loss_sum"]))
+        self.correct.fill_(int(state["correct"]))
+        self.count = int(state["count"])
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line, appended and flushed as it goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, global_step: int) -> None:
+        """Drop records written after ``global_step`` (they belong to work a resume repeats)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and _record_step(line) <= global_step]
+        from cifarctl.atomic import write_text
+
+        write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def read_safe(self) -> list[dict[str, Any]]:
+        """Like ``read``, skipping unreadable lines (a line cut by a crash)."""
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
+
+
+def _record_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("global_step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # an unreadable (half-written) line is dropped

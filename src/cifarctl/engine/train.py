@@ -1,0 +1,305 @@
+"""The training loop: one run folder, checkpoints that resume at the exact step, metrics.jsonl.
+
+A run folder holds ``config.json``, ``last.pt``, ``best.pt`` (best test accuracy) and
+``metrics.jsonl``. Batches are a pure function of ``(seed, epoch, step)`` (see the loader) and the
+checkpoint carries the model, optimizer, scheduler and RNG states, so a run killed at any point and
+resumed from its last checkpoint ends with the same weights as one never interrupted (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cifarctl import paths
+from cifarctl.atomic import write_text
+from cifarctl.data.cifar10 import CIFAR10
+from cifarctl.data.loader import DeviceLoader
+from cifarctl.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from cifarctl.engine.config import TrainConfig
+from cifarctl.engine.device import autocast_dtype, resolve_device
+from cifarctl.engine.evaluate import EvalResult, evaluate_model
+from cifarctl.engine.metrics import MetricsLog, RunningMetrics
+from cifarctl.engine.schedule import build_optimizer, build_scheduler
+from cifarctl.errors import CheckpointError, CifarctlError
+from cifarctl.models import create_model
+from cifarctl.progress import NullProgress, Progress
+
+TIME_BETWEEN_SAVES_S = 180.0  # default checkpoint interval when --save-every is not given
+
+
+class TrainingInterrupted(CifarctlError):
+    """Training stopped on request after saving; ``run_dir`` resumes it."""
+
+    exit_code = 130
+
+    def __init__(self, run_dir: Path, global_step: int) -> None:
+        super().__init__(f"stopped at step {global_step}; the checkpoint is in {run_dir}")
+        self.run_dir, self.global_step = run_dir, global_step
+
+
+@dataclass
+class TrainResult:
+    """What a run achieved; accuracies in percent (test ones are None with ``eval=False``)."""
+
+    run_dir: Path
+    model: str
+    epochs_completed: int
+    global_step: int
+    train_loss: float
+    train_accuracy: float
+    test_accuracy: float | None
+    test_loss: float | None
+    seconds: float                   # wall time of the run, evaluation included
+    images_per_s: float              # training throughput (evaluation excluded)
+    device: str
+
+
+def new_run_dir(model_name: str) -> Path:
+    """A fresh folder ``<runs>/<model>/<timestamp>`` (suffixed if taken)."""
+    base = paths.runs_root() / model_name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def latest_run_dir(model_name: str) -> Path:
+    """The most recently written run folder of ``model_name`` that has a ``last.pt``."""
+    from cifarctl.engine.checkpoint import find_latest
+
+    return find_latest(model_name).parent
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    """One training run. Use ``train()`` unless you need the pieces."""
+
+    def __init__(self, cfg: TrainConfig, data: CIFAR10, run_dir: Path, progress: Progress | None = None,
+                 stop: threading.Event | None = None, resume: dict[str, Any] | None = None) -> None:
+        self.cfg, self.data, self.run_dir = cfg, data, run_dir
+        self.progress = progress or NullProgress()
+        self.stop = stop or threading.Event()
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(cfg.seed)
+        self.model = create_model(cfg.model, num_classes=len(data.classes))
+        if cfg.init_ckpt and resume is None:
+            load_weights(self.model, cfg.model, load_checkpoint(cfg.init_ckpt), cfg.init_ckpt)
+        channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=memory_format)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.cast = autocast_dtype(self.device, cfg.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if self.cast == torch.float16 else None
+        self.train_loader = DeviceLoader(data.train_images, data.train_labels, cfg.batch_size, self.device,
+                                         train=True, seed=cfg.seed, channels_last=channels_last)
+        self.test_loader = DeviceLoader(data.test_images, data.test_labels, cfg.eval_batch_size, self.device,
+                                        train=False, channels_last=channels_last)
+        self.optimizer = build_optimizer(cfg, self.model.parameters())
+        self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
+        self.running = RunningMetrics(self.device)
+        self.log = MetricsLog(run_dir / "metrics.jsonl")
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best_accuracy: float | None = None
+        self.last_eval: EvalResult | None = None
+        if resume is not None:
+            self._restore(resume)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+            "model_name": self.cfg.model, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step, "world_size": 1, "rng": _rng_state(self.device),
+            "config": self.cfg.to_dict(), "running": self.running.state_dict(), "best_accuracy": self.best_accuracy,
+            "metrics": self._metrics_summary(),
+        }
+
+    def _metrics_summary(self) -> dict[str, Any]:
+        if self.last_eval is None:
+            return {}
+        return {"test_accuracy": self.last_eval.accuracy, "test_loss": self.last_eval.loss}
+
+    def save(self, best: bool = False) -> None:
+        state = self._state()
+        save_checkpoint(self.run_dir / "last.pt", state)
+        if best:
+            save_checkpoint(self.run_dir / "best.pt", state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+            self.global_step = int(state["global_step"])
+            self.running.load_state_dict(state["running"])
+            self.best_accuracy = state.get("best_accuracy")
+            _set_rng_state(state["rng"], self.device)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{self.run_dir / 'last.pt'} cannot be resumed ({exc})") from None
+        # Records after the checkpoint describe work that is about to be redone.
+        self.log.truncate_after(self.global_step)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.autocast(self.device.type, dtype=self.cast or torch.float32, enabled=self.cast is not None):
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+        self.running.update(loss, logits, y)
+
+    def _done(self) -> bool:
+        return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
+
+    def _evaluate(self) -> EvalResult:
+        result = evaluate_model(self.model, self.test_loader, len(self.data.classes), amp=self.cfg.amp,
+                                progress=self.progress, classes=self.data.classes)
+        self.last_eval = result
+        return result
+
+    def _end_epoch(self, seconds: float) -> None:
+        train_loss, train_acc = self.running.read()
+        steps = len(self.train_loader)
+        record: dict[str, Any] = {"type": "epoch", "epoch": round(self.epoch + self.step_in_epoch / steps, 4),
+                                  "global_step": self.global_step, "train_loss": train_loss, "train_acc": train_acc,
+                                  "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+        best = False
+        if self.cfg.eval:
+            result = self._evaluate()
+            record.update(test_loss=result.loss, test_acc=result.accuracy)
+            best = self.best_accuracy is None or result.accuracy > self.best_accuracy
+            if best:
+                self.best_accuracy = result.accuracy
+        self.log.append(record)
+        self.save(best=best)
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        started = time.perf_counter()
+        last_save = started
+        images_seen, train_seconds = 0, 0.0
+        while self.epoch < cfg.epochs and not self._done():
+            steps = len(self.train_loader)
+            self.progress.start(f"epoch {self.epoch + 1}/{cfg.epochs}", steps, "steps")
+            self.progress.advance(self.step_in_epoch)
+            epoch_started, epoch_images = time.perf_counter(), 0
+            for x, y in self.train_loader.epoch(self.epoch, self.step_in_epoch):
+                self._train_step(x, y)
+                self.step_in_epoch += 1
+                self.global_step += 1
+                images_seen += len(y)
+                epoch_images += len(y)
+                now = time.perf_counter()
+                info: dict[str, object] = {}
+                if self.global_step % cfg.log_every == 0 or self.step_in_epoch == steps:
+                    loss, acc = self.running.read()
+                    rate = epoch_images / max(now - epoch_started, 1e-9)
+                    info = {"loss": loss, "acc": acc, "img_s": rate}
+                    if self.global_step % cfg.log_every == 0:
+                        self.log.append({"type": "step", "epoch": self.epoch, "step": self.step_in_epoch,
+                                         "global_step": self.global_step, "loss": loss, "acc": acc,
+                                         "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": rate})
+                self.progress.advance(1, **info)
+                due = (self.global_step % cfg.save_every == 0 if cfg.save_every
+                       else now - last_save >= TIME_BETWEEN_SAVES_S)
+                if self.stop.is_set() or (due and self.step_in_epoch < steps):
+                    self.save()
+                    last_save = now
+                    if self.stop.is_set():
+                        self.progress.finish()
+                        raise TrainingInterrupted(self.run_dir, self.global_step)
+                if self._done():
+                    break
+            self.progress.finish()
+            train_seconds += time.perf_counter() - epoch_started
+            if self.step_in_epoch == steps:
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            self._end_epoch(time.perf_counter() - epoch_started)
+            if self.step_in_epoch == 0:
+                self.running.reset()  # the next epoch's train metrics start from zero
+            last_save = time.perf_counter()
+        seconds = time.perf_counter() - started
+        train_loss, train_acc = self._last_train_metrics()
+        result = self.last_eval
+        return TrainResult(self.run_dir, cfg.model, self.epoch, self.global_step, train_loss, train_acc,
+                           result.accuracy if result else None, result.loss if result else None, seconds,
+                           images_seen / max(train_seconds, 1e-9), str(self.device))
+
+    def _last_train_metrics(self) -> tuple[float, float]:
+        for record in reversed(self.log.read()):
+            if record.get("type") == "epoch":
+                return record["train_loss"], record["train_acc"]
+        return float("nan"), float("nan")
+
+
+def train(cfg: TrainConfig, data: CIFAR10, out_dir: Path | None = None, progress: Progress | None = None,
+          stop: threading.Event | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``data`` into ``out_dir`` (default: a new run folder).
+
+    Usage: ``train(TrainConfig("resnet50", epochs=1, device="cpu"), load_cifar10())``
+    """
+    run_dir = Path(out_dir) if out_dir else new_run_dir(cfg.model)
+    if (run_dir / "last.pt").exists():
+        raise CifarctlError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+                            "or choose another --out")
+    return Trainer(cfg, data, run_dir, progress, stop).run()
+
+
+def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config and last checkpoint of the run in ``run_dir``."""
+    state = load_checkpoint(run_dir / "last.pt")
+    if "config" not in state or "optimizer" not in state:
+        raise CheckpointError(f"{run_dir / 'last.pt'} is a weights-only checkpoint; it cannot be resumed "
+                              "(use --ckpt to start from its weights)")
+    return TrainConfig.from_dict(state["config"]), state
+
+
+def resume(run_dir: Path, data: CIFAR10, overrides: dict[str, Any] | None = None,
+           progress: Progress | None = None, stop: threading.Event | None = None) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last checkpoint, at the exact step.
+
+    ``overrides`` may change settings that do not alter the finished part (epochs, device,
+    max_steps, eval, save_every). Usage: ``resume(Path("runs/resnet50/2026..."), load_cifar10())``
+    """
+    cfg, state = load_run(run_dir)
+    allowed = {"epochs", "device", "max_steps", "eval", "save_every", "log_every"}
+    values = cfg.to_dict()
+    values.update({k: v for k, v in (overrides or {}).items() if k in allowed and v is not None})
+    return Trainer(TrainConfig.from_dict(values), data, run_dir, progress, stop, resume=state).run()

@@ -1,0 +1,81 @@
+"""Models from the user's own code: ``path/to/model.py:ClassName`` or ``package.module:name``."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+from torch import nn
+
+from cifarctl.errors import UsageError
+from cifarctl.models.registry import create_model, is_model, unknown_model_message
+
+
+def _load_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist")
+    module_name = f"cifarctl_user_{path.stem}_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    # Let the file import its neighbours, as it would when run from its own folder.
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001  (any error in the user's file is reported, not raised)
+        raise UsageError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    return module
+
+
+def _candidates(module: ModuleType) -> list[str]:
+    return [name for name, obj in vars(module).items()
+            if (inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__)
+            or (inspect.isfunction(obj) and obj.__module__ == module.__name__)]
+
+
+def resolve_model(spec: str) -> tuple[str, Callable[[], nn.Module]]:
+    """``(display name, factory)`` for a registered name or a ``file.py:Name`` / ``module:Name`` spec.
+
+    The factory builds the model with no arguments. Usage: ``name, make = resolve_model("vgg16")``
+    """
+    if is_model(spec):
+        return spec, lambda: create_model(spec)
+    if ":" not in spec:
+        raise UsageError(unknown_model_message(spec) + " (or give path/to/file.py:ClassName)")
+    where, _, attr = spec.rpartition(":")
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        module = _load_file(Path(where).expanduser())
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise UsageError(f"cannot import module {where!r} ({exc})") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        close = difflib.get_close_matches(attr, _candidates(module), n=3, cutoff=0.4)
+        options = close or _candidates(module)
+        hint = f"; did you mean {', '.join(options)}?" if options else ""
+        raise UsageError(f"{where} has no {attr!r}{hint}")
+    if not callable(obj):
+        raise UsageError(f"{spec} is not an nn.Module class or a function returning one")
+
+    def factory() -> nn.Module:
+        try:
+            model = obj()
+        except TypeError as exc:
+            raise UsageError(f"{spec} cannot be built without arguments ({exc}); wrap it in a function "
+                             "that returns the model") from None
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+        return model
+
+    return spec, factory

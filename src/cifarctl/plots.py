@@ -1,0 +1,79 @@
+"""Optional plots (``pip install 'cifarctl[plot]'``): learning curves and the confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cifarctl.atomic import atomic_path
+from cifarctl.errors import CifarctlError
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise CifarctlError("plotting needs matplotlib: pip install 'cifarctl[plot]'") from None
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def require_plotting() -> None:
+    """Fail now, with the install hint, rather than after a long run."""
+    _pyplot()
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_learning_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch (train and test) from metrics.jsonl records, saved to ``path``."""
+    plt = _pyplot()
+    epochs = [r for r in records if r.get("type") == "epoch"]
+    if not epochs:
+        raise CifarctlError("no finished epoch to plot yet")
+    x = [r["epoch"] for r in epochs]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    try:
+        ax_loss.plot(x, [r["train_loss"] for r in epochs], "o-", label="train")
+        ax_acc.plot(x, [r["train_acc"] for r in epochs], "o-", label="train")
+        tested = [r for r in epochs if r.get("test_acc") is not None]
+        if tested:
+            ax_loss.plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], "s-", label="test")
+            ax_acc.plot([r["epoch"] for r in tested], [r["test_acc"] for r in tested], "s-", label="test")
+        ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        if title:
+            fig.suptitle(title)
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], path: Path, title: str = "") -> Path:
+    """The confusion matrix (rows: true class, columns: predicted) as a heat map with counts."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    try:
+        image = ax.imshow(confusion, cmap="Blues")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set(xlabel="predicted", ylabel="true class", title=title or "confusion matrix")
+        peak = max(max(row) for row in confusion) or 1
+        for i, row in enumerate(confusion):
+            for j, n in enumerate(row):
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
+                        color="white" if n > peak / 2 else "black")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,152 @@
+"""The commands end to end through Typer's CliRunner, on tiny synthetic data in an isolated home."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cifarctl.cli import app
+from cifarctl.models import create_model
+
+SEED = f"{Path(__file__).parent / 'fixtures' / 'seed_resnet.py'}:ResNet50_layer4"
+FAST = ["--device", "cpu", "--batch-size", "50"]
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_version_and_help(runner: CliRunner) -> None:
+    assert "cifarctl" in runner.invoke(app, ["--version"]).output
+    result = runner.invoke(app, ["--help"])
+    for command in ("download", "inspect", "train", "evaluate"):
+        assert command in result.output
+
+
+def test_download_from_archive_then_again(runner: CliRunner, home: Path, official_archive: Path) -> None:
+    first = runner.invoke(app, ["download", "--from", str(official_archive)])
+    assert first.exit_code == 0, first.output
+    assert "200 train + 50 test" in first.output and str(home) in first.output
+    second = runner.invoke(app, ["download", "--from", str(official_archive)])
+    assert second.exit_code == 0 and "already" in second.output
+    forced = runner.invoke(app, ["download", "--from", str(official_archive), "--force"])
+    assert forced.exit_code == 0 and "ready" in forced.output
+
+
+def test_download_from_image_tree(runner: CliRunner, home: Path, image_tree: Path) -> None:
+    result = runner.invoke(app, ["download", "--from", str(image_tree)])
+    assert result.exit_code == 0, result.output
+    assert "40 train + 20 test" in result.output
+
+
+def test_download_from_nonsense_is_one_line(runner: CliRunner, home: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    result = runner.invoke(app, ["download", "--from", str(tmp_path / "notes.txt")])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "expected the official" in errors[0] and "Traceback" not in result.output
+
+
+def test_train_then_evaluate_newest(runner: CliRunner, cached, home: Path) -> None:
+    result = runner.invoke(app, ["train", "resnet50", "--epochs", "1", "--max-steps", "2", *FAST, "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output
+    runs = list((home / "data" / "runs" / "resnet50").glob("*/last.pt"))
+    assert len(runs) == 1
+    state = torch.load(runs[0], weights_only=True)
+    assert state["global_step"] == 2 and state["model_name"] == "resnet50"
+
+    evaluated = runner.invoke(app, ["evaluate", "resnet50", "--ckpt", "--json", "--device", "cpu", "--offline"])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    assert report["checkpoint"] == str(runs[0]) and report["images"] == 50
+    assert {"model", "accuracy", "loss", "per_class", "confusion"} <= set(report)
+    assert len(report["confusion"]) == 10 and sum(map(sum, report["confusion"])) == 50
+
+
+def test_evaluate_a_course_state_dict(runner: CliRunner, cached, tmp_path: Path) -> None:
+    torch.save(create_model("vgg16").state_dict(), tmp_path / "vgg16_250.pt")
+    result = runner.invoke(app, ["evaluate", "vgg16", "--ckpt", str(tmp_path / "vgg16_250.pt"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and "confusion matrix" in result.output
+
+
+def test_train_json_and_out_dir(runner: CliRunner, cached, tmp_path: Path) -> None:
+    out = tmp_path / "myrun"
+    result = runner.invoke(app, ["train", "resnet50", "--max-steps", "1", "--no-eval", *FAST, "--out", str(out),
+                                 "--json", "--offline"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["run_dir"] == str(out) and report["global_step"] == 1 and report["test_accuracy"] is None
+
+
+def test_fake_data_needs_no_dataset(runner: CliRunner, home: Path, monkeypatch) -> None:
+    monkeypatch.setattr("cifarctl.cli.data.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
+    result = runner.invoke(app, ["train", "resnet50", "--data", "fake", "--max-steps", "1", "--no-eval", *FAST])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["train", "resnet5"], 2, "did you mean resnet50"),
+    (["train", "resnet50", "--offline"], 1, "cifarctl download --from"),
+    (["evaluate", "vgg16", "--ckpt", "--offline"], 1, "no vgg16 checkpoint"),
+    (["train", "vgg16", "--device", "cuda:7", "--data", "fake"], 1, "--device cuda:7"),
+    (["train", "vgg16", "--optimizer", "adagrad", "--data", "fake"], 2, "unknown optimizer"),
+])
+def test_bad_input_is_one_line(runner: CliRunner, home: Path, monkeypatch, args, code, words) -> None:
+    monkeypatch.setattr("cifarctl.cli.data.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
+    if "cuda:7" in args:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    result = runner.invoke(app, args)
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and words in result.output.replace("\n", " ")
+    assert "Traceback" not in result.output
+
+
+def test_cuda_absent_is_explained(runner: CliRunner, home: Path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("cifarctl.cli.data.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
+    result = runner.invoke(app, ["train", "vgg16", "--device", "cuda", "--data", "fake"])
+    assert result.exit_code == 1 and "use --device cpu" in result.output
+
+
+def test_wrong_architecture_checkpoint(runner: CliRunner, cached, tmp_path: Path) -> None:
+    torch.save(create_model("vgg16").state_dict(), tmp_path / "w.pt")
+    result = runner.invoke(app, ["evaluate", "resnet50", "--ckpt", str(tmp_path / "w.pt"), "--device", "cpu"])
+    assert result.exit_code == 1 and "is a vgg16 checkpoint, not resnet50" in result.output
+
+
+def test_inspect_json_numbers(runner: CliRunner) -> None:
+    for name, params, macs in (("vgg16", 14_983_498, 313.5e6), ("resnet50", 14_750_730, 92.7e6)):
+        result = runner.invoke(app, ["inspect", name, "--input", "3x32x32", "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["ok"] and report["total_params"] == params and report["output"] == [1, 10]
+        assert abs(report["total_macs"] - macs) / macs < 1e-3
+        assert {"module", "type", "input", "output", "params", "macs"} <= set(report["layers"][1])
+
+
+def test_inspect_seed_json(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["inspect", SEED, "--input", "3x32x32", "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and report["error"]["module"] == "layer2.2"
+    assert {"module", "type", "message", "hint"} <= set(report["error"])
+    assert [w["module"] for w in report["warnings"]][:2] == ["layer2.0", "layer2.1"]
+
+
+def test_inspect_table_and_exit_codes(runner: CliRunner) -> None:
+    ok = runner.invoke(app, ["inspect", "resnet50", "--depth", "1"])
+    assert ok.exit_code == 0 and "Output: 1x10" in ok.output
+    broken = runner.invoke(app, ["inspect", SEED])
+    assert broken.exit_code == 1 and "fix:" in broken.output and "layer2.2" in broken.output
+    assert runner.invoke(app, ["inspect", "vgg61"]).exit_code == 2
+    assert runner.invoke(app, ["inspect", "vgg16", "--input", "32x32"]).exit_code == 2
+    assert runner.invoke(app, ["inspect", "nowhere.py:Net"]).exit_code == 2

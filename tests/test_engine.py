@@ -1,0 +1,145 @@
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifarctl.engine import TrainConfig, TrainingInterrupted, evaluate, load_checkpoint, resume, train
+from cifarctl.errors import CifarctlError, UsageError
+from cifarctl.progress import NullProgress
+
+from conftest import tiny_dataset
+
+FAST = dict(model="resnet50", batch_size=50, device="cpu", eval_batch_size=50, log_every=1)
+
+
+class StopAfter(NullProgress):
+    """Asks the loop to stop once ``steps`` optimizer steps were reported."""
+
+    def __init__(self, stop: threading.Event, steps: int) -> None:
+        self.stop, self.left = stop, steps
+
+    def advance(self, amount: float = 0, **info: object) -> None:
+        if "loss" in info:  # step reports carry metrics; progress catch-up and eval do not
+            self.left -= 1
+            if self.left == 0:
+                self.stop.set()
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_train_writes_a_run_folder(tmp_path: Path) -> None:
+    result = train(TrainConfig(epochs=1, **FAST), tiny_dataset(), tmp_path / "run")
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"last.pt", "best.pt", "config.json", "metrics.jsonl"}
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["model_name"] == "resnet50" and state["epoch"] == 1 and state["global_step"] == 4
+    assert state["world_size"] == 1 and "optimizer" in state and "rng" in state
+    assert json.loads((run / "config.json").read_text())["optimizer"] == "adam"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in records if r["type"] == "step"] == [1, 2, 3, 4]
+    assert records[-1]["type"] == "epoch" and records[-1]["test_acc"] == result.test_accuracy
+    assert result.global_step == 4 and 0 <= result.test_accuracy <= 100
+
+
+def test_max_steps_stops_mid_epoch_and_evaluates(tmp_path: Path) -> None:
+    result = train(TrainConfig(epochs=3, max_steps=3, **FAST), tiny_dataset(), tmp_path / "run")
+    assert result.global_step == 3 and result.epochs_completed == 0
+    assert result.test_accuracy is not None
+
+
+def test_learning_happens(tmp_path: Path) -> None:
+    data = tiny_dataset()
+    result = train(TrainConfig(epochs=6, **{**FAST, "lr": 3e-3}), data, tmp_path / "run")
+    assert result.test_accuracy > 30  # classes differ by colour: chance is 10%
+
+
+def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    data = tiny_dataset()
+    cfg = TrainConfig(epochs=2, **FAST)
+    train(cfg, data, tmp_path / "straight")
+    stop = threading.Event()
+    with pytest.raises(TrainingInterrupted) as info:
+        train(cfg, data, tmp_path / "stopped", progress=StopAfter(stop, 6), stop=stop)
+    assert info.value.global_step == 6
+    resume(tmp_path / "stopped", data)
+    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "stopped" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(x) for x in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in lines if r["type"] == "step"] == list(range(1, 9))
+
+
+def test_resume_refuses_a_weights_only_file(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    torch.save({"w": torch.ones(1)}, tmp_path / "run" / "last.pt")
+    with pytest.raises(CifarctlError, match="weights-only"):
+        resume(tmp_path / "run", tiny_dataset())
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path: Path) -> None:
+    train(TrainConfig(epochs=1, max_steps=1, eval=False, **FAST), tiny_dataset(), tmp_path / "run")
+    with pytest.raises(CifarctlError, match="--resume"):
+        train(TrainConfig(epochs=1, **FAST), tiny_dataset(), tmp_path / "run")
+
+
+def test_init_from_a_course_state_dict(tmp_path: Path) -> None:
+    from cifarctl.models import create_model
+
+    course = create_model("resnet50")
+    torch.save(course.state_dict(), tmp_path / "resnet50_285.pt")
+    cfg = TrainConfig(epochs=1, max_steps=1, eval=False, init_ckpt=str(tmp_path / "resnet50_285.pt"), **FAST)
+    train(cfg, tiny_dataset(), tmp_path / "run")
+    after = _weights(tmp_path / "run" / "last.pt")
+    assert torch.equal(after["layer1.1.running_mean"] * 0, course.state_dict()["layer1.1.running_mean"] * 0)
+    assert not torch.equal(after["fc.weight"], course.state_dict()["fc.weight"])  # one step was taken from it
+
+
+@pytest.mark.parametrize("recipe", [
+    dict(optimizer="sgd", lr=0.05, nesterov=True, weight_decay=5e-4, lr_schedule="onecycle"),
+    dict(lr_schedule="cosine", warmup_epochs=0.5, label_smoothing=0.1),
+    dict(lr_schedule="step"),
+])
+def test_recipes_run(tmp_path: Path, recipe: dict) -> None:
+    result = train(TrainConfig(epochs=1, max_steps=2, eval=False, **{**FAST, **recipe}), tiny_dataset(),
+                   tmp_path / "run")
+    assert result.global_step == 2
+
+
+def test_bad_settings_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="optimizer"):
+        TrainConfig(model="vgg16", optimizer="adagrad")
+    with pytest.raises(UsageError, match="schedule"):
+        TrainConfig(model="vgg16", lr_schedule="linear")
+
+
+def test_evaluate_reports_confusion_and_per_class(tmp_path: Path) -> None:
+    data = tiny_dataset()
+    train(TrainConfig(epochs=1, max_steps=1, eval=False, **FAST), data, tmp_path / "run")
+    result = evaluate("resnet50", tmp_path / "run" / "last.pt", data, device="cpu", batch_size=16)
+    assert result.images == 50 and sum(map(sum, result.confusion)) == 50
+    correct = sum(result.confusion[i][i] for i in range(10))
+    assert result.accuracy == pytest.approx(100 * correct / 50)
+    assert set(result.per_class) == set(data.classes)
+
+
+def test_schedules_shape() -> None:
+    from cifarctl.engine.schedule import build_optimizer, build_scheduler
+
+    def lrs(**kw) -> list[float]:
+        cfg = TrainConfig(model="vgg16", epochs=10, lr=1.0, **kw)
+        opt = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+        sched = build_scheduler(cfg, opt, steps_per_epoch=10)
+        out = []
+        for _ in range(100):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    one = lrs(lr_schedule="onecycle")
+    assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0, abs=1e-3) and one[-1] < 1e-3
+    assert lrs(lr_schedule="cosine")[50] == pytest.approx(0.5, abs=0.02)
+    assert lrs(lr_schedule="none", warmup_epochs=1)[4] == pytest.approx(0.5)
