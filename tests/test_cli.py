@@ -150,3 +150,36 @@ def test_inspect_table_and_exit_codes(runner: CliRunner) -> None:
     assert runner.invoke(app, ["inspect", "vgg61"]).exit_code == 2
     assert runner.invoke(app, ["inspect", "vgg16", "--input", "32x32"]).exit_code == 2
     assert runner.invoke(app, ["inspect", "nowhere.py:Net"]).exit_code == 2
+
+
+def test_runs_lists_runs_and_plots(runner: CliRunner, cached, home: Path, tmp_path: Path) -> None:
+    assert "no runs" in runner.invoke(app, ["runs"]).output
+    result = runner.invoke(app, ["train", "resnet50", "--epochs", "1", *FAST, "--offline", "--plot",
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    runner.invoke(app, ["train", "resnet50", "--max-steps", "1", "--no-eval", *FAST, "--offline"])
+    listed = json.loads(runner.invoke(app, ["runs", "resnet50", "--json"]).stdout)
+    assert len(listed) == 1 and listed[0]["global_step"] == 1  # --out runs outside the root are not listed
+    table = runner.invoke(app, ["runs"])
+    assert table.exit_code == 0 and "resnet50" in table.output
+    plot = tmp_path / "confusion.png"
+    evaluated = runner.invoke(app, ["evaluate", "resnet50", "--ckpt", str(tmp_path / "r" / "best.pt"),
+                                    "--device", "cpu", "--plot", str(plot)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(runner: CliRunner, cached, monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    result = runner.invoke(app, ["train", "resnet50", "--plot", "--max-steps", "1", *FAST, "--offline"])
+    assert result.exit_code == 1 and "pip install 'cifarctl[plot]'" in result.output

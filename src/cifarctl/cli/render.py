@@ -10,6 +10,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
@@ -38,7 +39,7 @@ def print_json(data: Any) -> None:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``message`` as one red line on stderr; return the Exit to raise."""
-    err_console().print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err_console().print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
