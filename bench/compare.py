@@ -77,10 +77,16 @@ def engine_train(args: argparse.Namespace, data, device: torch.device) -> dict:
     from cifarctl.progress import NullProgress
 
     stamps: list[float] = []
+    steps = [0]
 
     class Clock(NullProgress):
+        """Reads the clock after the warm-up steps and after the last one (syncing only there)."""
+
         def advance(self, amount: float = 0, **info: object) -> None:
-            if amount == 1:
+            if amount != 1:
+                return
+            steps[0] += 1
+            if steps[0] in (args.warmup, args.warmup + args.train_steps) or (args.warmup == 0 and steps[0] == 1):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 stamps.append(time.perf_counter())
@@ -92,8 +98,8 @@ def engine_train(args: argparse.Namespace, data, device: torch.device) -> dict:
         trainer = Trainer(cfg, data, Path(tmp) / "run", progress=Clock())
         trainer.save = lambda best=False: None  # checkpoint I/O is not what is measured
         trainer.run()
-    timed = stamps[args.warmup - 1:] if args.warmup else [stamps[0]] + stamps
-    return {"images": (len(timed) - 1) * args.batch_size, "seconds": timed[-1] - timed[0]}
+    timed_steps = args.train_steps if args.warmup else args.train_steps - 1
+    return {"images": timed_steps * args.batch_size, "seconds": stamps[-1] - stamps[0]}
 
 
 def _run_worker(name: str, argv: list[str]) -> dict:
@@ -114,7 +120,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--eval-images", type=int, default=2000)
     parser.add_argument("--eval-batch-size", type=int, default=500)
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="cifarctl side: mixed precision (the train default; evaluate's default is --no-amp)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--only", choices=["train", "eval"], default=None)

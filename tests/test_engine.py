@@ -11,7 +11,7 @@ from cifarctl.progress import NullProgress
 
 from conftest import tiny_dataset
 
-FAST = dict(model="resnet50", batch_size=50, device="cpu", eval_batch_size=50, log_every=1)
+FAST = dict(model="resnet50", batch_size=50, device="cpu", eval_batch_size=50, log_every=1, amp=False)
 
 
 class StopAfter(NullProgress):
@@ -101,6 +101,7 @@ def test_init_from_a_course_state_dict(tmp_path: Path) -> None:
     dict(optimizer="sgd", lr=0.05, nesterov=True, weight_decay=5e-4, lr_schedule="onecycle"),
     dict(lr_schedule="cosine", warmup_epochs=0.5, label_smoothing=0.1),
     dict(lr_schedule="step"),
+    dict(amp=True),  # bf16 where this CPU has it natively, fp32 elsewhere
 ])
 def test_recipes_run(tmp_path: Path, recipe: dict) -> None:
     result = train(TrainConfig(epochs=1, max_steps=2, eval=False, **{**FAST, **recipe}), tiny_dataset(),

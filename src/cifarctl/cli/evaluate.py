@@ -24,6 +24,7 @@ def evaluate(
     batch_size: BatchSize = 100,
     data: DataChoice = "cifar10",
     offline: Offline = False,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (bf16): faster, may differ from fp32 by a few predictions.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the confusion matrix into this PNG file.")] = None,
     json_output: Json = False,
 ) -> None:
@@ -40,7 +41,7 @@ def evaluate(
     path = find_latest(model) if ckpt in (None, NEWEST) else Path(ckpt).expanduser()
     dataset = load_data(data, offline, quiet=json_output)
     err.print(f"evaluating {model} from {path}")
-    result = run_evaluation(model, path, dataset, device=device, batch_size=batch_size or 100,
+    result = run_evaluation(model, path, dataset, device=device, batch_size=batch_size or 100, amp=amp,
                             progress=RichProgress(err))
     if plot is not None:
         from cifarctl.plots import plot_confusion

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
+from rich.console import Console
 
 from cifarctl.cli.data import load_data
 from cifarctl.cli.options import NEWEST, BatchSize, DataChoice, Device, Json, Offline, OutDir
@@ -17,6 +18,8 @@ from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_co
 from cifarctl.engine import TrainConfig, TrainingInterrupted, TrainResult
 from cifarctl.engine import resume as resume_run
 from cifarctl.engine import train as run_training
+from cifarctl.engine import distributed as ddp
+from cifarctl.engine.device import resolve_device
 from cifarctl.engine.train import latest_run_dir, new_run_dir
 from cifarctl.models import create_model
 
@@ -47,7 +50,7 @@ def train(
     model: Annotated[str, typer.Argument(help="Model name, e.g. vgg16 or resnet50.")],
     epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs to train (total, for a resumed run).")] = None,
     batch_size: BatchSize = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (peak for onecycle). Default 1e-3.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (peak for onecycle). Default 1e-3 for Adam, 0.05 for SGD.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps in total.")] = None,
     device: Device = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seeds the init, data order and augmentation.")] = 0,
@@ -63,9 +66,10 @@ def train(
     warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="Linear warmup length in epochs.")] = 0.0,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")] = 0.0,
     save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help="Checkpoint every N steps (default: every 3 minutes) and at each epoch end.")] = None,
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")] = True,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Memory format (default: on for CUDA).")] = None,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision: bf16 (or fp16) on CUDA, bf16 on CPUs that compute it natively.")] = True,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Memory format (default: on for CUDA and for CPU bf16).")] = None,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun: BatchNorm statistics over the global batch.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Draw learning curves into the run folder (curves.png).")] = False,
     data: DataChoice = "cifar10",
     offline: Offline = False,
@@ -81,35 +85,43 @@ def train(
 
       cifarctl train resnet50 --resume                         (continue the newest run)
     """
-    err = err_console()
     create_model(model)
     if plot:
         from cifarctl.plots import require_plotting
 
         require_plotting()
-    dataset = load_data(data, offline, quiet=json_output)
+    # Under torchrun every process runs this command; rank 0 alone draws, prints and writes.
+    info = ddp.init_distributed(resolve_device(device)) if ddp.launched_by_torchrun() else ddp.DistInfo()
+    err = err_console() if info.is_main else Console(quiet=True)
+    if info.is_main:
+        dataset = load_data(data, offline, quiet=json_output)
+    ddp.barrier()  # rank 0 has downloaded the dataset if it was missing
+    if not info.is_main:
+        dataset = load_data(data, offline, quiet=True)
     stop, received = threading.Event(), []
-    progress = RichProgress(err)
+    progress = RichProgress(err, enabled=info.is_main)
     try:
         with stop_on_signals(stop, received):
             if resume is not None:
-                run_dir = latest_run_dir(model) if resume == NEWEST else Path(resume).expanduser()
+                run_dir = ddp.broadcast_object(latest_run_dir(model) if resume == NEWEST else Path(resume).expanduser())
                 err.print(f"resuming {model} from {run_dir}")
                 overrides = {"epochs": epochs, "max_steps": max_steps, "device": device, "save_every": save_every}
                 if no_eval:
                     overrides["eval"] = False
-                result = resume_run(run_dir, dataset, overrides, progress=progress, stop=stop)
+                result = resume_run(run_dir, dataset, overrides, progress=progress, stop=stop,
+                                    notify=lambda text: err.print(f"[yellow]note:[/] {text}"))
             else:
                 cfg = TrainConfig(
-                    model=model, epochs=epochs or 1, batch_size=batch_size or 100, lr=lr or 1e-3,
+                    model=model, epochs=epochs or 1, batch_size=batch_size or 100, lr=lr,
                     optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                     lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                     max_steps=max_steps, seed=seed, device=device, eval=not no_eval, data=data,
                     init_ckpt=str(ckpt) if ckpt else None, save_every=save_every, amp=amp,
-                    channels_last=channels_last, compile=compile_model,
+                    channels_last=channels_last, compile=compile_model, sync_bn=sync_bn,
                 )
-                run_dir = out or new_run_dir(model)
-                err.print(f"training {model}; run folder: {run_dir}")
+                run_dir = ddp.broadcast_object(out or new_run_dir(model))
+                processes = f" on {info.world_size} processes" if info.enabled else ""
+                err.print(f"training {model}{processes}; run folder: {run_dir}")
                 if ckpt:
                     err.print(f"initialising {model} from {ckpt}")
                 result = run_training(cfg, dataset, out_dir=run_dir, progress=progress, stop=stop)
@@ -120,6 +132,10 @@ def train(
         err.print(f"resume with: cifarctl train {model} --resume {shlex.quote(str(exc.run_dir))}")
         code = 128 + received[0] if received else 1
         raise typer.Exit(code) from None
+    finally:
+        ddp.shutdown()
+    if not info.is_main:
+        return
     if plot:
         from cifarctl.engine.metrics import MetricsLog
         from cifarctl.plots import plot_learning_curves

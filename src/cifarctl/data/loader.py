@@ -86,8 +86,12 @@ class DeviceLoader:
 
     @property
     def num_samples(self) -> int:
-        """Samples this process sees per epoch (its shard, equal across ranks)."""
-        return len(self.labels) // self.world_size if self.world_size > 1 else len(self.labels)
+        """Samples this process sees per epoch: an equal share for training (the ranks step together),
+        every sample of its stride for evaluation (so the shards cover the whole test set)."""
+        n = len(self.labels)
+        if self.world_size == 1:
+            return n
+        return n // self.world_size if self.train else len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
@@ -96,8 +100,7 @@ class DeviceLoader:
         """This rank's sample order and per-sample (dx, dy, flip) for ``epoch``."""
         n = len(self.labels)
         if not self.train:
-            order = torch.arange(n)
-            return order[self.rank:self.num_samples * self.world_size:self.world_size], None
+            return torch.arange(self.rank, n, self.world_size), None
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         order = torch.randperm(n, generator=gen)
         aug = torch.stack([

@@ -7,6 +7,7 @@ from typing import Any
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
+DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 
 
 @dataclass
@@ -19,7 +20,7 @@ class TrainConfig:
     model: str
     epochs: int = 1
     batch_size: int = 100
-    lr: float = 1e-3                 # peak learning rate (OneCycle's max_lr)
+    lr: float | None = None          # peak learning rate; None: 1e-3 for Adam (the course's), 0.05 for SGD
     optimizer: str = "adam"
     momentum: float = 0.9            # SGD only
     nesterov: bool = False           # SGD only
@@ -35,9 +36,10 @@ class TrainConfig:
     init_ckpt: str | None = None     # start from these weights (cifarctl or raw course state_dict)
     save_every: int | None = None    # optimizer steps between checkpoints; None: every 3 minutes
     log_every: int = 50              # optimizer steps between metrics.jsonl step records
-    amp: bool = True                 # mixed precision on CUDA (bf16 where supported, else fp16)
-    channels_last: bool | None = None  # None: on for CUDA, off for CPU
+    amp: bool = True                 # mixed precision: CUDA bf16 (else fp16); CPU bf16 where native
+    channels_last: bool | None = None  # None: on for CUDA and CPU bf16, off for CPU fp32
     compile: bool = False            # torch.compile the model
+    sync_bn: bool = False            # under DDP: BatchNorm statistics over the global batch (SyncBatchNorm)
     eval_batch_size: int = 500
 
     def __post_init__(self) -> None:
@@ -54,6 +56,8 @@ class TrainConfig:
             raise UsageError("--max-steps must be at least 1")
         if self.save_every is not None and self.save_every < 1:
             raise UsageError("--save-every must be at least 1")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.optimizer]
         if self.lr <= 0:
             raise UsageError("--lr must be positive")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -27,8 +27,25 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The mixed-precision dtype for ``device``: bf16 where supported, else fp16; None without AMP."""
-    if not amp or device.type != "cuda":
+    """The mixed-precision dtype for ``device``, or None for plain fp32.
+
+    CUDA: bf16 where supported, else fp16 (with a GradScaler). CPU: bf16 only where the CPU computes
+    it natively (measured on a 2-core AVX512-BF16 EPYC: VGG-16 evaluation 2.2x, training 1.6x faster);
+    elsewhere fp32, since emulated bf16 is slower than fp32.
+    """
+    if not amp:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None

@@ -64,6 +64,11 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     finally:
         model.train(was_training)
         progress.finish()
+    # Under DDP each rank saw its own shard of the test set: add them up.
+    from cifarctl.engine.distributed import all_reduce_sum
+
+    all_reduce_sum(confusion)
+    all_reduce_sum(loss_sum)
     matrix = confusion.view(num_classes, num_classes).cpu()
     images = int(matrix.sum())
     accuracy = 100.0 * float(matrix.diag().sum()) / images if images else float("nan")
@@ -71,9 +76,11 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
 
 
 def evaluate(model_name: str, checkpoint: Path | str, data: CIFAR10, device: str = "auto", batch_size: int = 100,
-             amp: bool = True, progress: Progress | None = None) -> EvalResult:
+             amp: bool = False, progress: Progress | None = None) -> EvalResult:
     """Load ``checkpoint`` (cifarctl's or a raw state_dict) into ``model_name`` and evaluate on the test split.
 
+    fp32 by default, so a checkpoint scores what the course's own loop gives; ``amp=True`` trades
+    that exactness for speed (bf16 on CUDA and on CPUs with native bf16).
     Usage: ``evaluate("vgg16", "vgg16_250.pt", load_cifar10())``
     """
     from cifarctl.engine.checkpoint import load_checkpoint, load_weights
@@ -83,8 +90,9 @@ def evaluate(model_name: str, checkpoint: Path | str, data: CIFAR10, device: str
     model = create_model(model_name, num_classes=len(data.classes))
     state = load_checkpoint(checkpoint)
     load_weights(model, model_name, state, checkpoint)
-    model.to(dev)
-    loader = DeviceLoader(data.test_images, data.test_labels, batch_size, dev, train=False)
+    # channels_last: measured faster for inference on CPU (VGG-16: 290 vs 336 ms per 100 images) and CUDA.
+    model.to(dev, memory_format=torch.channels_last)
+    loader = DeviceLoader(data.test_images, data.test_labels, batch_size, dev, train=False, channels_last=True)
     result = evaluate_model(model, loader, len(data.classes), amp=amp, progress=progress, classes=data.classes)
     result.model, result.checkpoint = model_name, str(checkpoint)
     result.extra = {"device": str(dev), "epoch": state.get("epoch"), "global_step": state.get("global_step")}

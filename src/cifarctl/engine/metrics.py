@@ -27,14 +27,25 @@ class RunningMetrics:
         self.correct += (logits.detach().argmax(1) == labels).sum()
         self.count += n
 
+    def totals(self) -> tuple[float, int, int]:
+        """``(loss sum, correct, count)`` over all ranks; the only host synchronisation."""
+        from cifarctl.engine.distributed import all_reduce_sum
+
+        packed = torch.stack([self.loss_sum, self.correct.double(),
+                              torch.tensor(float(self.count), dtype=torch.float64, device=self.device)])
+        loss_sum, correct, count = all_reduce_sum(packed).tolist()
+        return loss_sum, int(correct), int(count)
+
     def read(self) -> tuple[float, float]:
-        """``(mean loss, accuracy in percent)``; the only host synchronisation."""
-        if not self.count:
+        """``(mean loss, accuracy in percent)`` over all ranks."""
+        loss_sum, correct, count = self.totals()
+        if not count:
             return float("nan"), float("nan")
-        return self.loss_sum.item() / self.count, 100.0 * self.correct.item() / self.count
+        return loss_sum / count, 100.0 * correct / count
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum.item(), "correct": int(self.correct.item()), "count": self.count}
+        loss_sum, correct, count = self.totals()
+        return {"loss_sum": loss_sum, "correct": correct, "count": count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss_sum.fill_(float(state["loss_sum"]))

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from cifarctl import paths
 from cifarctl.atomic import write_text
 from cifarctl.data.cifar10 import CIFAR10
-from cifarctl.data.loader import DeviceLoader
+from cifarctl.data.loader import DeviceLoader, epoch_seed
 from cifarctl.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from cifarctl.engine.config import TrainConfig
+from cifarctl.engine import distributed as ddp
 from cifarctl.engine.device import autocast_dtype, resolve_device
 from cifarctl.engine.evaluate import EvalResult, evaluate_model
 from cifarctl.engine.metrics import MetricsLog, RunningMetrics
@@ -101,23 +102,41 @@ class Trainer:
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
         self.progress = progress or NullProgress()
         self.stop = stop or threading.Event()
-        self.device = resolve_device(cfg.device)
+        self.notices: list[str] = []
+        device = resolve_device(cfg.device)
+        self.dist = ddp.init_distributed(device)
+        self.device = ddp.rank_device(device, self.dist)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model, num_classes=len(data.classes))
         if cfg.init_ckpt and resume is None:
             load_weights(self.model, cfg.model, load_checkpoint(cfg.init_ckpt), cfg.init_ckpt)
-        channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model.to(self.device, memory_format=memory_format)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        if self.dist.rank:  # every rank starts from the same weights but draws its own dropout masks
+            torch.manual_seed(epoch_seed(cfg.seed, -1 - self.dist.rank))
         self.cast = autocast_dtype(self.device, cfg.amp)
+        channels_last = cfg.channels_last
+        if channels_last is None:
+            # Measured: faster on CUDA and with CPU bf16; fp32 training on CPU is a little slower with it.
+            channels_last = self.device.type == "cuda" or self.cast is not None
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if self.dist.enabled and cfg.sync_bn:
+            if self.device.type != "cuda":
+                raise CifarctlError("--sync-bn needs CUDA (SyncBatchNorm runs on GPUs only); drop it on CPU")
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device, memory_format=memory_format)
+        wrapped: torch.nn.Module = self.model
+        if self.dist.enabled:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(wrapped) if cfg.compile else wrapped
         self.scaler = torch.amp.GradScaler("cuda") if self.cast == torch.float16 else None
-        self.train_loader = DeviceLoader(data.train_images, data.train_labels, cfg.batch_size, self.device,
-                                         train=True, seed=cfg.seed, channels_last=channels_last)
+        shard = dict(rank=self.dist.rank, world_size=self.dist.world_size)
+        self.train_loader = DeviceLoader(data.train_images, data.train_labels,
+                                         ddp.per_rank_batch(cfg.batch_size, self.dist), self.device, train=True,
+                                         seed=cfg.seed, channels_last=channels_last, **shard)
         self.test_loader = DeviceLoader(data.test_images, data.test_labels, cfg.eval_batch_size, self.device,
-                                        train=False, channels_last=channels_last)
+                                        train=False, channels_last=channels_last, **shard)
         self.optimizer = build_optimizer(cfg, self.model.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
         self.running = RunningMetrics(self.device)
@@ -125,6 +144,10 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_accuracy: float | None = None
         self.last_eval: EvalResult | None = None
+        self.last_train = (float("nan"), float("nan"))  # (loss, accuracy) of the last epoch record
+        # Alone, stop and save requests are checked every step; under DDP every few steps, since the
+        # ranks must agree (one small all-reduce) before any of them leaves the loop.
+        self.check_every = 1 if not self.dist.enabled else 10
         if resume is not None:
             self._restore(resume)
 
@@ -134,7 +157,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
             "model_name": self.cfg.model, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step, "world_size": 1, "rng": _rng_state(self.device),
+            "global_step": self.global_step, "world_size": self.dist.world_size, "rng": self._rng_states(),
             "config": self.cfg.to_dict(), "running": self.running.state_dict(), "best_accuracy": self.best_accuracy,
             "metrics": self._metrics_summary(),
         }
@@ -144,8 +167,16 @@ class Trainer:
             return {}
         return {"test_accuracy": self.last_eval.accuracy, "test_loss": self.last_eval.loss}
 
+    def _rng_states(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """This process's RNG state alone; every rank's (a list, by rank) under DDP."""
+        states = ddp.gather_objects(_rng_state(self.device))
+        return states[0] if len(states) == 1 else states
+
     def save(self, best: bool = False) -> None:
+        """Every rank calls this (it gathers RNG states and metrics); rank 0 writes."""
         state = self._state()
+        if not self.dist.is_main:
+            return
         save_checkpoint(self.run_dir / "last.pt", state)
         if best:
             save_checkpoint(self.run_dir / "best.pt", state)
@@ -159,13 +190,26 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
             self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
             self.global_step = int(state["global_step"])
-            self.running.load_state_dict(state["running"])
+            if self.dist.is_main:  # the sums cover all ranks; rank 0 carries them on
+                self.running.load_state_dict(state["running"])
             self.best_accuracy = state.get("best_accuracy")
-            _set_rng_state(state["rng"], self.device)
+            self._restore_rng(state)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{self.run_dir / 'last.pt'} cannot be resumed ({exc})") from None
         # Records after the checkpoint describe work that is about to be redone.
-        self.log.truncate_after(self.global_step)
+        if self.dist.is_main:
+            self.log.truncate_after(self.global_step)
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        saved = int(state.get("world_size", 1))
+        rng = state["rng"]
+        if saved == self.dist.world_size:
+            _set_rng_state(rng[self.dist.rank] if isinstance(rng, list) else rng, self.device)
+            return
+        self.notices.append(
+            f"the checkpoint was written by {saved} process(es), this run has {self.dist.world_size}: the data "
+            "order, augmentation and global batches continue exactly (--batch-size is global), but dropout "
+            "randomness starts afresh, so the result will not be bit-identical to an uninterrupted run")
 
     # -- the loop ----------------------------------------------------------------------------
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -187,6 +231,9 @@ class Trainer:
         return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
 
     def _evaluate(self) -> EvalResult:
+        if self.dist.enabled:  # ranks update BatchNorm statistics on their own shards: use rank 0's
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         result = evaluate_model(self.model, self.test_loader, len(self.data.classes), amp=self.cfg.amp,
                                 progress=self.progress, classes=self.data.classes)
         self.last_eval = result
@@ -194,6 +241,7 @@ class Trainer:
 
     def _end_epoch(self, seconds: float) -> None:
         train_loss, train_acc = self.running.read()
+        self.last_train = (train_loss, train_acc)
         steps = len(self.train_loader)
         record: dict[str, Any] = {"type": "epoch", "epoch": round(self.epoch + self.step_in_epoch / steps, 4),
                                   "global_step": self.global_step, "train_loss": train_loss, "train_acc": train_acc,
@@ -205,15 +253,47 @@ class Trainer:
             best = self.best_accuracy is None or result.accuracy > self.best_accuracy
             if best:
                 self.best_accuracy = result.accuracy
-        self.log.append(record)
+        if self.dist.is_main:
+            self.log.append(record)
         self.save(best=best)
+
+    def _report_step(self, steps: int, epoch_images: int, epoch_started: float) -> None:
+        """Advance the progress bar; every ``log_every`` steps (and at epoch end) read and log metrics."""
+        info: dict[str, object] = {}
+        if self.global_step % self.cfg.log_every == 0 or self.step_in_epoch == steps:
+            loss, acc = self.running.read()
+            rate = epoch_images / max(time.perf_counter() - epoch_started, 1e-9)
+            info = {"loss": loss, "acc": acc, "img_s": rate}
+            if self.global_step % self.cfg.log_every == 0 and self.dist.is_main:
+                self.log.append({"type": "step", "epoch": self.epoch, "step": self.step_in_epoch,
+                                 "global_step": self.global_step, "loss": loss, "acc": acc,
+                                 "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": rate})
+        self.progress.advance(1, **info)
+
+    def _save_or_stop(self, steps: int, since_save: float) -> bool:
+        """Save when due or asked to stop (then raise TrainingInterrupted); True if it saved."""
+        due = (self.global_step % self.cfg.save_every == 0 if self.cfg.save_every
+               else since_save >= TIME_BETWEEN_SAVES_S)
+        stop = self.stop.is_set()
+        if self.dist.enabled:  # all ranks must take the same branch: agree every few steps
+            agreed = self.global_step % self.check_every == 0
+            stop = agreed and ddp.any_rank(stop, self.device)
+            due = agreed and ddp.any_rank(due, self.device)
+        if not (stop or (due and self.step_in_epoch < steps)):  # an epoch end saves anyway
+            return False
+        self.save()
+        if stop:
+            self.progress.finish()
+            raise TrainingInterrupted(self.run_dir, self.global_step)
+        return True
 
     def run(self) -> TrainResult:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-        started = time.perf_counter()
-        last_save = started
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.json",
+                       json.dumps({**cfg.to_dict(), "world_size": self.dist.world_size}, indent=2) + "\n")
+        started = last_save = time.perf_counter()
         images_seen, train_seconds = 0, 0.0
         while self.epoch < cfg.epochs and not self._done():
             steps = len(self.train_loader)
@@ -224,27 +304,11 @@ class Trainer:
                 self._train_step(x, y)
                 self.step_in_epoch += 1
                 self.global_step += 1
-                images_seen += len(y)
-                epoch_images += len(y)
-                now = time.perf_counter()
-                info: dict[str, object] = {}
-                if self.global_step % cfg.log_every == 0 or self.step_in_epoch == steps:
-                    loss, acc = self.running.read()
-                    rate = epoch_images / max(now - epoch_started, 1e-9)
-                    info = {"loss": loss, "acc": acc, "img_s": rate}
-                    if self.global_step % cfg.log_every == 0:
-                        self.log.append({"type": "step", "epoch": self.epoch, "step": self.step_in_epoch,
-                                         "global_step": self.global_step, "loss": loss, "acc": acc,
-                                         "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": rate})
-                self.progress.advance(1, **info)
-                due = (self.global_step % cfg.save_every == 0 if cfg.save_every
-                       else now - last_save >= TIME_BETWEEN_SAVES_S)
-                if self.stop.is_set() or (due and self.step_in_epoch < steps):
-                    self.save()
-                    last_save = now
-                    if self.stop.is_set():
-                        self.progress.finish()
-                        raise TrainingInterrupted(self.run_dir, self.global_step)
+                images_seen += len(y) * self.dist.world_size  # every rank took an equal share
+                epoch_images += len(y) * self.dist.world_size
+                self._report_step(steps, epoch_images, epoch_started)
+                if self._save_or_stop(steps, time.perf_counter() - last_save):
+                    last_save = time.perf_counter()
                 if self._done():
                     break
             self.progress.finish()
@@ -255,18 +319,10 @@ class Trainer:
             if self.step_in_epoch == 0:
                 self.running.reset()  # the next epoch's train metrics start from zero
             last_save = time.perf_counter()
-        seconds = time.perf_counter() - started
-        train_loss, train_acc = self._last_train_metrics()
         result = self.last_eval
-        return TrainResult(self.run_dir, cfg.model, self.epoch, self.global_step, train_loss, train_acc,
-                           result.accuracy if result else None, result.loss if result else None, seconds,
-                           images_seen / max(train_seconds, 1e-9), str(self.device))
-
-    def _last_train_metrics(self) -> tuple[float, float]:
-        for record in reversed(self.log.read()):
-            if record.get("type") == "epoch":
-                return record["train_loss"], record["train_acc"]
-        return float("nan"), float("nan")
+        return TrainResult(self.run_dir, cfg.model, self.epoch, self.global_step, *self.last_train,
+                           result.accuracy if result else None, result.loss if result else None,
+                           time.perf_counter() - started, images_seen / max(train_seconds, 1e-9), str(self.device))
 
 
 def train(cfg: TrainConfig, data: CIFAR10, out_dir: Path | None = None, progress: Progress | None = None,
@@ -292,14 +348,19 @@ def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
 
 
 def resume(run_dir: Path, data: CIFAR10, overrides: dict[str, Any] | None = None,
-           progress: Progress | None = None, stop: threading.Event | None = None) -> TrainResult:
+           progress: Progress | None = None, stop: threading.Event | None = None,
+           notify: Callable[[str], None] | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint, at the exact step.
 
     ``overrides`` may change settings that do not alter the finished part (epochs, device,
-    max_steps, eval, save_every). Usage: ``resume(Path("runs/resnet50/2026..."), load_cifar10())``
+    max_steps, eval, save_every); ``notify`` receives notices (e.g. a changed world size).
+    Usage: ``resume(Path("runs/resnet50/2026..."), load_cifar10())``
     """
     cfg, state = load_run(run_dir)
     allowed = {"epochs", "device", "max_steps", "eval", "save_every", "log_every"}
     values = cfg.to_dict()
     values.update({k: v for k, v in (overrides or {}).items() if k in allowed and v is not None})
-    return Trainer(TrainConfig.from_dict(values), data, run_dir, progress, stop, resume=state).run()
+    trainer = Trainer(TrainConfig.from_dict(values), data, run_dir, progress, stop, resume=state)
+    for notice in trainer.notices:
+        (notify or (lambda _text: None))(notice)
+    return trainer.run()

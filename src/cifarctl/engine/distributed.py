@@ -1,0 +1,115 @@
+"""torch.distributed glue: start from torchrun's environment, and helpers that are no-ops alone.
+
+Under ``torchrun --nproc-per-node K -m cifarctl train ...`` every process calls
+``init_distributed``: the backend is nccl on CUDA and gloo on CPU, each process takes the GPU of its
+LOCAL_RANK, and ``--batch-size`` stays the *global* batch (each rank takes ``batch / K``), so a run
+keeps its hyperparameters, learning rate included, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cifarctl.errors import CifarctlError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun describes (once); a plain run gets ``DistInfo()``."""
+    if not launched_by_torchrun():
+        return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def current() -> DistInfo:
+    """The process group this process is in, or ``DistInfo()`` when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo()
+
+
+def rank_device(device: torch.device, info: DistInfo) -> torch.device:
+    """Under torchrun each process drives the GPU of its local rank."""
+    if info.enabled and device.type == "cuda":
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place (no-op alone)."""
+    if current().enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any (so all ranks take the same branch)."""
+    if not current().enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` alone)."""
+    info = current()
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not current().enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if current().enabled:
+        dist.barrier()
+
+
+def per_rank_batch(batch_size: int, info: DistInfo) -> int:
+    if batch_size % info.world_size:
+        raise CifarctlError(f"--batch-size {batch_size} is the global batch and must divide by the "
+                            f"{info.world_size} processes; use a multiple of {info.world_size}")
+    return batch_size // info.world_size
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
