@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from cifarctl import paths
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console
 from cifarctl.data import download_cifar10, import_cifar10
 
@@ -28,18 +27,17 @@ def download(
 
       cifarctl download --from ./cifar10-images/     (train/<class>/*.jpg and test/<class>/*.jpg)
     """
-    err = err_console()
-    target = paths.dataset_dir()
-    progress = RichProgress(err)
+    # Where it reads and writes is said by the bar (the source) and by the last line (the cache).
+    progress = RichProgress(err_console())
     if source is not None:
-        err.print(f"importing CIFAR-10 from {source} into {target}")
         result = import_cifar10(source, force=force, progress=progress)
     else:
-        err.print(f"downloading CIFAR-10 into {target} (archive kept in {paths.downloads_dir()})")
         result = download_cifar10(url=url, force=force, progress=progress)
     info = result.cache
     counts = f"{info.train:,} train + {info.test:,} test images"
     if result.action == "present":
         out_console().print(f"CIFAR-10 is already in {info.path} ({counts}); nothing to do (--force rebuilds it)")
     else:
-        out_console().print(f"[green]CIFAR-10 is ready[/] in {info.path}: {counts}, {result.action} from {info.source}")
+        kept = f" (archive kept in {result.archive.parent})" if result.action == "downloaded" and result.archive else ""
+        out_console().print(f"[green]CIFAR-10 is ready[/] in {info.path}: {counts}, {result.action} from "
+                            f"{info.source}{kept}")

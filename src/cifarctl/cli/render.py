@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
 from cifarctl.errors import CifarctlError
@@ -77,8 +77,8 @@ class RichProgress:
             columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                   TransferSpeedColumn(), TimeRemainingColumn()]
         else:
-            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                       TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+            columns = [TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                       TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
         self._bar = Progress(*columns, console=self.console, transient=description == "evaluating")
         self._bar.start()
         self._task = self._bar.add_task(description, total=total, info="")

@@ -25,7 +25,6 @@ from typing import BinaryIO, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets.utils import calculate_md5
 
 from cifarctl.data.cifar10 import CIFAR10, CLASSES
 from cifarctl.errors import DatasetError
@@ -203,6 +202,9 @@ def read_source(path: Path, expected_md5: str | None = None, progress: Progress 
 
 def verify_md5(path: Path, expected: str) -> None:
     """Raise ``DatasetError`` unless ``path``'s md5 is ``expected``."""
+    # Imported here: torchvision's package import costs a second that `inspect` should not pay.
+    from torchvision.datasets.utils import calculate_md5
+
     actual = calculate_md5(os.fspath(path))
     if actual != expected:
         raise DatasetError(f"{path} has md5 {actual}, expected {expected}: the file is incomplete or "

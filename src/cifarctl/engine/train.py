@@ -260,7 +260,7 @@ class Trainer:
     def _report_step(self, steps: int, epoch_images: int, epoch_started: float) -> None:
         """Advance the progress bar; every ``log_every`` steps (and at epoch end) read and log metrics."""
         info: dict[str, object] = {}
-        if self.global_step % self.cfg.log_every == 0 or self.step_in_epoch == steps:
+        if self.global_step % self.cfg.log_every == 0 or self.step_in_epoch == steps or self._done():
             loss, acc = self.running.read()
             rate = epoch_images / max(time.perf_counter() - epoch_started, 1e-9)
             info = {"loss": loss, "acc": acc, "img_s": rate}
