@@ -12,7 +12,10 @@ from torch import nn
 
 from cifarctl.data.cifar10 import CIFAR10, CLASSES
 from cifarctl.data.loader import DeviceLoader
+from cifarctl.engine.checkpoint import load_checkpoint, load_weights
 from cifarctl.engine.device import autocast_dtype, resolve_device
+from cifarctl.engine.distributed import all_reduce_sum
+from cifarctl.models import create_model
 from cifarctl.progress import NullProgress, Progress
 
 
@@ -65,8 +68,6 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
         model.train(was_training)
         progress.finish()
     # Under DDP each rank saw its own shard of the test set: add them up.
-    from cifarctl.engine.distributed import all_reduce_sum
-
     all_reduce_sum(confusion)
     all_reduce_sum(loss_sum)
     matrix = confusion.view(num_classes, num_classes).cpu()
@@ -83,9 +84,6 @@ def evaluate(model_name: str, checkpoint: Path | str, data: CIFAR10, device: str
     that exactness for speed (bf16 on CUDA and on CPUs with native bf16).
     Usage: ``evaluate("vgg16", "vgg16_250.pt", load_cifar10())``
     """
-    from cifarctl.engine.checkpoint import load_checkpoint, load_weights
-    from cifarctl.models import create_model
-
     dev = resolve_device(device)
     model = create_model(model_name, num_classes=len(data.classes))
     state = load_checkpoint(checkpoint)

@@ -8,6 +8,9 @@ from typing import Any
 
 import torch
 
+from cifarctl.atomic import write_text
+from cifarctl.engine.distributed import all_reduce_sum
+
 
 class RunningMetrics:
     """Sums of loss and correct predictions kept as device tensors (no host sync per step)."""
@@ -29,8 +32,6 @@ class RunningMetrics:
 
     def totals(self) -> tuple[float, int, int]:
         """``(loss sum, correct, count)`` over all ranks; the only host synchronisation."""
-        from cifarctl.engine.distributed import all_reduce_sum
-
         packed = torch.stack([self.loss_sum, self.correct.double(),
                               torch.tensor(float(self.count), dtype=torch.float64, device=self.device)])
         loss_sum, correct, count = all_reduce_sum(packed).tolist()
@@ -69,8 +70,6 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and _record_step(line) <= global_step]
-        from cifarctl.atomic import write_text
-
         write_text(self.path, "".join(line + "\n" for line in kept))
 
     def read(self) -> list[dict[str, Any]]:

@@ -23,9 +23,9 @@ from cifarctl import paths
 from cifarctl.atomic import write_text
 from cifarctl.data.cifar10 import CIFAR10
 from cifarctl.data.loader import DeviceLoader, epoch_seed
-from cifarctl.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from cifarctl.engine.config import TrainConfig
+from cifarctl.engine.checkpoint import find_latest, load_checkpoint, load_weights, save_checkpoint
 from cifarctl.engine import distributed as ddp
+from cifarctl.engine.config import TrainConfig
 from cifarctl.engine.device import autocast_dtype, resolve_device
 from cifarctl.engine.evaluate import EvalResult, evaluate_model
 from cifarctl.engine.metrics import MetricsLog, RunningMetrics
@@ -76,8 +76,6 @@ def new_run_dir(model_name: str) -> Path:
 
 def latest_run_dir(model_name: str) -> Path:
     """The most recently written run folder of ``model_name`` that has a ``last.pt``."""
-    from cifarctl.engine.checkpoint import find_latest
-
     return find_latest(model_name).parent
 
 
@@ -108,28 +106,12 @@ class Trainer:
         self.device = ddp.rank_device(device, self.dist)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        torch.manual_seed(cfg.seed)
-        self.model = create_model(cfg.model, num_classes=len(data.classes))
-        if cfg.init_ckpt and resume is None:
-            load_weights(self.model, cfg.model, load_checkpoint(cfg.init_ckpt), cfg.init_ckpt)
-        if self.dist.rank:  # every rank starts from the same weights but draws its own dropout masks
-            torch.manual_seed(epoch_seed(cfg.seed, -1 - self.dist.rank))
         self.cast = autocast_dtype(self.device, cfg.amp)
         channels_last = cfg.channels_last
         if channels_last is None:
             # Measured: faster on CUDA and with CPU bf16; fp32 training on CPU is a little slower with it.
             channels_last = self.device.type == "cuda" or self.cast is not None
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if self.dist.enabled and cfg.sync_bn:
-            if self.device.type != "cuda":
-                raise CifarctlError("--sync-bn needs CUDA (SyncBatchNorm runs on GPUs only); drop it on CPU")
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.model.to(self.device, memory_format=memory_format)
-        wrapped: torch.nn.Module = self.model
-        if self.dist.enabled:
-            wrapped = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.forward = torch.compile(wrapped) if cfg.compile else wrapped
+        self.model, self.forward = self._build_model(len(data.classes), channels_last, init=resume is None)
         self.scaler = torch.amp.GradScaler("cuda") if self.cast == torch.float16 else None
         shard = dict(rank=self.dist.rank, world_size=self.dist.world_size)
         self.train_loader = DeviceLoader(data.train_images, data.train_labels,
@@ -150,6 +132,26 @@ class Trainer:
         self.check_every = 1 if not self.dist.enabled else 10
         if resume is not None:
             self._restore(resume)
+
+    def _build_model(self, num_classes: int, channels_last: bool, init: bool) -> tuple[torch.nn.Module, Any]:
+        """The model on its device (and its DDP / compiled wrapper for the forward pass)."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model, num_classes=num_classes)
+        if cfg.init_ckpt and init:
+            load_weights(model, cfg.model, load_checkpoint(cfg.init_ckpt), cfg.init_ckpt)
+        if self.dist.rank:  # every rank starts from the same weights but draws its own dropout masks
+            torch.manual_seed(epoch_seed(cfg.seed, -1 - self.dist.rank))
+        if self.dist.enabled and cfg.sync_bn:
+            if self.device.type != "cuda":
+                raise CifarctlError("--sync-bn needs CUDA (SyncBatchNorm runs on GPUs only); drop it on CPU")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(self.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        wrapped: torch.nn.Module = model
+        if self.dist.enabled:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return model, torch.compile(wrapped) if cfg.compile else wrapped
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable
 
@@ -10,8 +11,8 @@ from torch import nn
 
 from cifarctl.errors import UsageError
 from cifarctl.trace.diagnose import diagnose, find_warnings
-from cifarctl.trace.records import Shape, TraceResult
-from cifarctl.trace.tracer import Tracer
+from cifarctl.trace.records import Failure, LayerRecord, Shape, TraceResult
+from cifarctl.trace.tracer import Tracer, shapes_of
 
 
 def parse_input_shape(text: str) -> Shape:
@@ -31,8 +32,6 @@ def _trace_once(model: nn.Module, shape: Shape, device: str, name: str) -> Trace
         output = tracer.run(inputs)
     except Exception as exc:  # noqa: BLE001  (the failure is what we report)
         if tracer.failure is None:  # raised outside any tensor op (e.g. a Python error in forward)
-            from cifarctl.trace.records import Failure
-
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             tracer.failure = Failure(msg, type(exc).__name__, [i for _, i in tracer.stack])
         else:
@@ -46,31 +45,28 @@ def _trace_once(model: nn.Module, shape: Shape, device: str, name: str) -> Trace
             records[i].failed = True
     params = list(model.parameters())
     leaf_outputs = [s for r in records if r.kind == "module" and r.leaf and r.output for s in r.output]
-    from cifarctl.trace.tracer import shapes_of
-
     return TraceResult(
         model=name, input=shape, ok=error is None, layers=records,
         total_params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         total_macs=sum(r.macs for r in records if r.kind == "module" and r.leaf),
-        activation_bytes=sum(_numel(s) for s in leaf_outputs) * 4,
+        activation_bytes=sum(math.prod(s) for s in leaf_outputs) * 4,
         output=shapes_of(output) if error is None else None, error=error,
         warnings=find_warnings(records, tracer.broadcasts), mode=device,
     )
 
 
-def _numel(shape: Shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+def _inside(record: LayerRecord, parent: LayerRecord) -> bool:
+    """Whether ``record`` is a call made inside ``parent``'s call (records come in call order)."""
+    return record.depth > parent.depth and (
+        not parent.module or record.module == parent.module or record.module.startswith(parent.module + "."))
 
 
-def _sum_container_macs(records: list) -> None:
+def _sum_container_macs(records: list[LayerRecord]) -> None:
     """A container's MACs are the sum of the leaf calls made inside it."""
-    open_: list = []
+    open_: list[LayerRecord] = []
     for r in records:
-        while open_ and not (r.depth > open_[-1].depth and r.module.startswith(open_[-1].module)):
+        while open_ and not _inside(r, open_[-1]):
             open_.pop()
         if r.kind == "module" and r.leaf:
             for parent in open_:
