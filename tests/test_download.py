@@ -126,3 +126,19 @@ def test_corrupt_download_is_deleted_and_reported(home: Path, server: _Server, o
         download_cifar10(url=_url(server))
     assert not (paths.downloads_dir() / "cifar-10-python.tar.gz").exists()
     assert hashlib.md5(server.payload).hexdigest() != hashlib.md5(official_archive.read_bytes()).hexdigest()
+
+
+def test_unknown_host_fails_at_once_with_the_offline_hint(tmp_path: Path, monkeypatch) -> None:
+    import socket
+    import urllib.error
+
+    calls = []
+
+    def no_dns(*args, **kwargs):
+        calls.append(1)
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr("urllib.request.urlopen", no_dns)
+    with pytest.raises(DownloadError, match="--from FILE"):
+        download_file("https://cifar.example/x.tar.gz", tmp_path / "x", retries=5, backoff=10)
+    assert calls == [1]  # not retried: a missing host name does not come back in seconds

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import ssl
 import time
 import urllib.error
@@ -32,8 +33,9 @@ def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, urllib.error.HTTPError):
         return exc.code >= 500 or exc.code in (408, 429)
-    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, ssl.SSLCertVerificationError):
-        return False
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, (ssl.SSLCertVerificationError,
+                                                                           socket.gaierror)):
+        return False  # a bad certificate or an unknown host name does not fix itself in seconds
     return isinstance(exc, (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError))
 
 
@@ -44,7 +46,8 @@ def _describe(url: str, exc: BaseException) -> str:
                 "mirror, or get the archive another way and run `cifarctl download --from FILE`")
     if isinstance(exc, urllib.error.HTTPError):
         return f"{url} answered HTTP {exc.code} {exc.reason}"
-    return f"cannot download {url} ({reason})"
+    return (f"cannot download {url} ({reason}); without internet, get the archive another way and run "
+            "`cifarctl download --from FILE`")
 
 
 def download_file(url: str, dest: Path, progress: Progress | None = None, retries: int = 5,
