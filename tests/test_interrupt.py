@@ -58,15 +58,16 @@ def test_sigkill_then_resume_is_bit_identical(cached, home: Path, tmp_path: Path
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_sigint_saves_and_prints_the_resume_command(cached, home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_prints_the_resume_command(cached, home: Path, tmp_path: Path, sig, code) -> None:
     run = tmp_path / "run"
     proc = subprocess.Popen(_cmd(*ARGS, "--out", str(run), "--save-every", "1000"), env=_env(home),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(run / "config.json", proc)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "SIGINT" in err and f"--resume {run}" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert sig.name in err and f"--resume {run}" in err and "Traceback" not in err
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["global_step"] >= 1 and state["step_in_epoch"] == state["global_step"] % 4
