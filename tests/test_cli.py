@@ -183,3 +183,11 @@ def test_plot_without_matplotlib_says_how_to_get_it(runner: CliRunner, cached, m
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     result = runner.invoke(app, ["train", "resnet50", "--plot", "--max-steps", "1", *FAST, "--offline"])
     assert result.exit_code == 1 and "pip install 'cifarctl[plot]'" in result.output
+
+
+def test_train_bare_ckpt_starts_from_the_newest(runner: CliRunner, cached, home: Path) -> None:
+    first = runner.invoke(app, ["train", "resnet50", "--max-steps", "1", "--no-eval", *FAST, "--offline"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ["train", "resnet50", "--ckpt", "--max-steps", "1", "--no-eval", *FAST, "--offline"])
+    assert second.exit_code == 0, second.output
+    assert "initialising resnet50 from" in second.output and "last.pt" in second.output

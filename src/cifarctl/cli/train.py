@@ -15,7 +15,7 @@ from rich.console import Console
 from cifarctl.cli.data import load_data
 from cifarctl.cli.options import NEWEST, BatchSize, DataChoice, Device, Json, Offline, OutDir
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
-from cifarctl.engine import TrainConfig, TrainingInterrupted, TrainResult
+from cifarctl.engine import TrainConfig, TrainingInterrupted, TrainResult, find_latest
 from cifarctl.engine import resume as resume_run
 from cifarctl.engine import train as run_training
 from cifarctl.engine import distributed as ddp
@@ -56,7 +56,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seeds the init, data order and augmentation.")] = 0,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip test-set evaluation.")] = False,
     out: OutDir = None,
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", help="Start from these weights (cifarctl checkpoint or raw course state_dict).")] = None,
+    ckpt: Annotated[Optional[str], typer.Option("--ckpt", help="Start from these weights (cifarctl checkpoint or raw course state_dict); bare: MODEL's newest checkpoint.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a run folder at its exact step; bare: MODEL's newest run.")] = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help="adam or sgd.")] = "adam",
     momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
@@ -86,6 +86,7 @@ def train(
       cifarctl train resnet50 --resume                         (continue the newest run)
     """
     create_model(model)
+    init_from = None if ckpt is None else find_latest(model) if ckpt == NEWEST else Path(ckpt).expanduser()
     if plot:
         from cifarctl.plots import require_plotting
 
@@ -116,14 +117,14 @@ def train(
                     optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                     lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                     max_steps=max_steps, seed=seed, device=device, eval=not no_eval, data=data,
-                    init_ckpt=str(ckpt) if ckpt else None, save_every=save_every, amp=amp,
+                    init_ckpt=str(init_from) if init_from else None, save_every=save_every, amp=amp,
                     channels_last=channels_last, compile=compile_model, sync_bn=sync_bn,
                 )
                 run_dir = ddp.broadcast_object(out or new_run_dir(model))
                 processes = f" on {info.world_size} processes" if info.enabled else ""
                 err.print(f"training {model}{processes}; run folder: {run_dir}")
-                if ckpt:
-                    err.print(f"initialising {model} from {ckpt}")
+                if init_from:
+                    err.print(f"initialising {model} from {init_from}")
                 result = run_training(cfg, dataset, out_dir=run_dir, progress=progress, stop=stop)
     except TrainingInterrupted as exc:
         progress.finish()
