@@ -94,11 +94,7 @@ def train(
     # Under torchrun every process runs this command; rank 0 alone draws, prints and writes.
     info = ddp.init_distributed(resolve_device(device)) if ddp.launched_by_torchrun() else ddp.DistInfo()
     err = err_console() if info.is_main else Console(quiet=True)
-    if info.is_main:
-        dataset = load_data(data, offline, quiet=json_output)
-    ddp.barrier()  # rank 0 has downloaded the dataset if it was missing
-    if not info.is_main:
-        dataset = load_data(data, offline, quiet=True)
+    dataset = ddp.main_first(lambda: load_data(data, offline, quiet=json_output or not info.is_main))
     stop, received = threading.Event(), []
     progress = RichProgress(err, enabled=info.is_main)
     try:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from cifarctl.errors import CifarctlError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,17 @@ def broadcast_object(obj: Any) -> Any:
 def barrier() -> None:
     if current().enabled:
         dist.barrier()
+
+
+def main_first(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0, then on the other ranks (a download happens once, then every rank reads it)."""
+    info = current()
+    if info.is_main:
+        value = fn()
+    barrier()
+    if not info.is_main:
+        value = fn()
+    return value
 
 
 def per_rank_batch(batch_size: int, info: DistInfo) -> int:
