@@ -67,9 +67,9 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     finally:
         model.train(was_training)
         progress.finish()
-    # Under DDP each rank saw its own shard of the test set: add them up.
-    all_reduce_sum(confusion)
-    all_reduce_sum(loss_sum)
+    if loader.world_size > 1:  # each rank saw its own shard of the test set: add them up
+        all_reduce_sum(confusion)
+        all_reduce_sum(loss_sum)
     matrix = confusion.view(num_classes, num_classes).cpu()
     images = int(matrix.sum())
     accuracy = 100.0 * float(matrix.diag().sum()) / images if images else float("nan")

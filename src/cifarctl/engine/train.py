@@ -278,9 +278,9 @@ class Trainer:
                else since_save >= TIME_BETWEEN_SAVES_S)
         stop = self.stop.is_set()
         if self.dist.enabled:  # all ranks must take the same branch: agree every few steps
-            agreed = self.global_step % self.check_every == 0
-            stop = agreed and ddp.any_rank(stop, self.device)
-            due = agreed and ddp.any_rank(due, self.device)
+            if self.global_step % self.check_every:
+                return False
+            stop, due = ddp.any_rank([stop, due], self.device)
         if not (stop or (due and self.step_in_epoch < steps)):  # an epoch end saves anyway
             return False
         self.save()
