@@ -8,6 +8,7 @@ from cifarctl import __version__
 from cifarctl.cli.download import download
 from cifarctl.cli.evaluate import evaluate
 from cifarctl.cli.inspect import inspect
+from cifarctl.cli.models import models
 from cifarctl.cli.options import OptionalValueCommand
 from cifarctl.cli.runs import runs
 from cifarctl.cli.train import train
@@ -39,6 +40,7 @@ app.command()(inspect)
 app.command(cls=OptionalValueCommand)(train)
 app.command(cls=OptionalValueCommand)(evaluate)
 app.command()(runs)
+app.command()(models)
 
 
 def main() -> None:

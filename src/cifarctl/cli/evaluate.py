@@ -24,7 +24,8 @@ def evaluate(
     batch_size: BatchSize = 100,
     data: DataChoice = "cifar10",
     offline: Offline = False,
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (bf16): faster, may differ from fp32 by a few predictions.")] = False,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (bf16): faster, may differ from fp32 by a few predictions; a departure from the course's fp32 loop.")] = False,
+    tta: Annotated[Optional[int], typer.Option("--tta", min=0, max=2, help="Test-time augmentation: 0 off, 1 average over flips, 2 over flips and 1-pixel shifts. Default: what the checkpoint's run used (the model's recipe).")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the confusion matrix into this PNG file.")] = None,
     json_output: Json = False,
 ) -> None:
@@ -35,6 +36,8 @@ def evaluate(
       cifarctl evaluate vgg16 --ckpt                  (the newest vgg16 checkpoint)
 
       cifarctl evaluate resnet50 --ckpt resnet50_285.pt --json
+
+      cifarctl evaluate airbench94 --ckpt --tta 2      (flip and shift test-time augmentation)
     """
     err = err_console()
     create_model(model)  # an unknown name fails here, before any data is loaded
@@ -42,7 +45,7 @@ def evaluate(
     dataset = load_data(data, offline, quiet=json_output)
     err.print(f"evaluating {model} from {path}")
     result = run_evaluation(model, path, dataset, device=device, batch_size=batch_size or 100, amp=amp,
-                            progress=RichProgress(err))
+                            progress=RichProgress(err), tta=tta)
     if plot is not None:
         from cifarctl.plots import plot_confusion
 
@@ -56,7 +59,8 @@ def evaluate(
 
 def render_result(result: EvalResult) -> None:
     console = out_console()
-    console.print(f"[bold]{result.model}[/] test accuracy [bold green]{result.accuracy:.2f}%[/] "
+    tta = f" (TTA level {result.extra['tta_level']})" if result.extra.get("tta") else ""
+    console.print(f"[bold]{result.model}[/] test accuracy [bold green]{result.accuracy:.2f}%[/]{tta} "
                   f"· loss {result.loss:.4f} · {result.images:,} images")
     per_class = Table(title="per class", title_justify="left", show_edge=False)
     per_class.add_column("class")

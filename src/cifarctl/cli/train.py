@@ -13,14 +13,15 @@ import typer
 from rich.console import Console
 
 from cifarctl.cli.data import load_data
-from cifarctl.cli.options import NEWEST, BatchSize, DataChoice, Device, Json, Offline, OutDir
+from cifarctl.cli.options import NEWEST, Device, Json, Offline, OutDir
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
 from cifarctl.engine import TrainConfig, TrainingInterrupted, TrainResult, find_latest
 from cifarctl.engine import resume as resume_run
 from cifarctl.engine import train as run_training
 from cifarctl.engine import distributed as ddp
 from cifarctl.engine.device import resolve_device
-from cifarctl.engine.train import latest_run_dir, new_run_dir
+from cifarctl.engine.train import latest_run_dir, new_run_dir, resume_config
+from cifarctl.errors import UsageError
 from cifarctl.models import create_model
 
 
@@ -45,39 +46,57 @@ def stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None
             signal.signal(sig, old)
 
 
+Flag = Optional[bool]
+RECIPE = "Default: the model's recipe (`cifarctl models`)."
+
+
 @handle_errors
 def train(
-    model: Annotated[str, typer.Argument(help="Model name, e.g. vgg16 or resnet50.")],
-    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs to train (total, for a resumed run).")] = None,
-    batch_size: BatchSize = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (peak for onecycle). Default 1e-3 for Adam, 0.05 for SGD.")] = None,
+    model: Annotated[str, typer.Argument(help="Model name: vgg16, resnet50, airbench94, resnet18, vgg16_bn.")],
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help=f"Epochs to train (total, for a resumed run). {RECIPE}")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=f"Images per step (global under torchrun). {RECIPE}")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate, in --lr-units. {RECIPE}")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps in total.")] = None,
     device: Device = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the init, data order and augmentation.")] = 0,
-    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip test-set evaluation.")] = False,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds the init, data order, augmentation and --val-split.")] = None,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip evaluation.")] = False,
     out: OutDir = None,
-    ckpt: Annotated[Optional[str], typer.Option("--ckpt", help="Start from these weights (cifarctl checkpoint or raw course state_dict); bare: MODEL's newest checkpoint.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a run folder at its exact step; bare: MODEL's newest run.")] = None,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="adam or sgd.")] = "adam",
-    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
-    nesterov: Annotated[bool, typer.Option("--nesterov", help="Nesterov momentum (SGD).")] = False,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="L2 weight decay.")] = 0.0,
-    lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="none, step (/3 every 20 epochs), cosine or onecycle.")] = "none",
-    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="Linear warmup length in epochs.")] = 0.0,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")] = 0.0,
+    ckpt: Annotated[Optional[str], typer.Option("--ckpt", help="Start from these weights (cifarctl checkpoint or raw course state_dict), with a fresh schedule; bare: MODEL's newest checkpoint.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a run folder at its exact step, with its own settings; bare: MODEL's newest run.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help=f"adam or sgd. {RECIPE}")] = None,
+    momentum: Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum (onecycle: its upper bound).")] = None,
+    nesterov: Annotated[Flag, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (SGD).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay of conv and linear weights.")] = None,
+    norm_weight_decay: Annotated[Optional[float], typer.Option("--norm-weight-decay", help="Weight decay of norm-layer parameters and biases (default 0).")] = None,
+    lr_units: Annotated[Optional[str], typer.Option("--lr-units", help="torch (as torch.optim takes them) or per1024 (airbench's: per 1024 examples of a summed loss).")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="none, step (/3 every 20 epochs), cosine, onecycle or triangle.")] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option("--warmup-epochs", help="Linear ramp length in epochs.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")] = None,
+    translate: Annotated[Optional[int], typer.Option("--translate", min=0, help="Random shifts of up to N pixels (crop of a padded image); 0: none.")] = None,
+    flip: Annotated[Optional[str], typer.Option("--flip", help="random, alternate (each image flipped every other epoch) or none.")] = None,
+    ema: Annotated[Flag, typer.Option("--ema/--no-ema", help="Lookahead: an average of the weights, copied back every 5 steps.")] = None,
+    whiten: Annotated[Flag, typer.Option("--whiten/--no-whiten", help="Initialise the stem from the images' patch covariance (models with a whitening stem).")] = None,
+    tta: Annotated[Optional[int], typer.Option("--tta", min=0, max=2, help="Test-time augmentation of the final evaluation: 0 off, 1 flip, 2 flip and shift.")] = None,
+    val_split: Annotated[Optional[int], typer.Option("--val-split", min=0, help="Hold out N training images (stratified) to choose best.pt; the test set is scored once, at the end.")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help="Checkpoint every N steps (default: every 3 minutes) and at each epoch end.")] = None,
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision: bf16 (or fp16) on CUDA, bf16 on CPUs that compute it natively.")] = True,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Memory format (default: on for CUDA and for CPU bf16).")] = None,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun: BatchNorm statistics over the global batch.")] = False,
+    amp: Annotated[Flag, typer.Option("--amp/--no-amp", help="Mixed-precision training: bf16 (or fp16) on CUDA, bf16 on CPUs that compute it natively (default on).")] = None,
+    eval_amp: Annotated[Flag, typer.Option("--eval-amp/--no-eval-amp", help="Mixed-precision evaluation (default off: fp32, as `cifarctl evaluate`).")] = None,
+    channels_last: Annotated[Flag, typer.Option("--channels-last/--no-channels-last", help="Memory format (default: on for CUDA and for CPU bf16).")] = None,
+    compile_model: Annotated[Flag, typer.Option("--compile", help="torch.compile the model.")] = None,
+    sync_bn: Annotated[Flag, typer.Option("--sync-bn", help="Under torchrun: BatchNorm statistics over the global batch.")] = None,
     plot: Annotated[bool, typer.Option("--plot", help="Draw learning curves into the run folder (curves.png).")] = False,
-    data: DataChoice = "cifar10",
+    data: Annotated[Optional[str], typer.Option("--data", help="cifar10 (the cached dataset) or fake (random data, no download).")] = None,
     offline: Offline = False,
     json_output: Json = False,
 ) -> None:
-    """Train MODEL with Adam + cross-entropy (the course's recipe) or another recipe.
+    """Train MODEL with its own recipe: the course's (Adam + cross-entropy) for vgg16 and resnet50.
+
+    Defaults depend on the model (see `cifarctl models`); each flag given changes that one setting,
+    and config.json in the run folder records every value used.
 
     Examples:
+
+      cifarctl train airbench94 --device cpu                   (94% recipe, 10 epochs)
 
       cifarctl train resnet50 --epochs 1 --device cuda
 
@@ -86,47 +105,55 @@ def train(
       cifarctl train resnet50 --resume                         (continue the newest run)
     """
     create_model(model)
+    settings = dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
+        weight_decay=weight_decay, norm_weight_decay=norm_weight_decay, lr_units=lr_units, lr_schedule=lr_schedule,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, translate=translate, flip=flip, ema=ema,
+        whiten=whiten, tta=tta, val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp,
+        channels_last=channels_last, compile=compile_model, sync_bn=sync_bn,
+        max_steps=max_steps, save_every=save_every, device=device if device != "auto" else None,
+        eval=False if no_eval else None)
+    given = {k: v for k, v in settings.items() if v is not None}
+    if resume is not None and ckpt is not None:
+        raise UsageError("--resume continues a run with its own weights; --ckpt starts a new one: give one of them")
     init_from = None if ckpt is None else find_latest(model) if ckpt == NEWEST else Path(ckpt).expanduser()
     if plot:
         from cifarctl.plots import require_plotting
 
         require_plotting()
+    run_dir = None
+    if resume is not None:
+        run_dir = latest_run_dir(model) if resume == NEWEST else Path(resume).expanduser()
+        cfg = resume_config(run_dir, model, given)
+    else:
+        cfg = TrainConfig.for_model(model, **given, init_ckpt=str(init_from) if init_from else None)
+        if cfg.whiten and not hasattr(create_model(model), "init_whitening"):
+            raise UsageError(f"--whiten applies to models with a whitening stem (airbench94); {model} has none")
     # Under torchrun every process runs this command; rank 0 alone draws, prints and writes.
-    info = ddp.init_distributed(resolve_device(device)) if ddp.launched_by_torchrun() else ddp.DistInfo()
+    info = ddp.init_distributed(resolve_device(cfg.device)) if ddp.launched_by_torchrun() else ddp.DistInfo()
     err = err_console() if info.is_main else Console(quiet=True)
-    dataset = ddp.main_first(lambda: load_data(data, offline, quiet=json_output or not info.is_main))
+    dataset = ddp.main_first(lambda: load_data(cfg.data, offline, quiet=json_output or not info.is_main))
     stop, received = threading.Event(), []
     progress = RichProgress(err, enabled=info.is_main)
     try:
         with stop_on_signals(stop, received):
-            if resume is not None:
-                run_dir = ddp.broadcast_object(latest_run_dir(model) if resume == NEWEST else Path(resume).expanduser())
-                err.print(f"resuming {model} from {run_dir}")
-                overrides = {"epochs": epochs, "max_steps": max_steps, "device": device, "save_every": save_every}
-                if no_eval:
-                    overrides["eval"] = False
-                result = resume_run(run_dir, dataset, overrides, progress=progress, stop=stop,
+            if run_dir is not None:
+                run_dir = ddp.broadcast_object(run_dir)
+                err.print(f"resuming {cfg.model} from {run_dir}")
+                result = resume_run(run_dir, dataset, given, progress=progress, stop=stop,
                                     notify=lambda text: err.print(f"[yellow]note:[/] {text}"))
             else:
-                cfg = TrainConfig(
-                    model=model, epochs=epochs or 1, batch_size=batch_size or 100, lr=lr,
-                    optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                    lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                    max_steps=max_steps, seed=seed, device=device, eval=not no_eval, data=data,
-                    init_ckpt=str(init_from) if init_from else None, save_every=save_every, amp=amp,
-                    channels_last=channels_last, compile=compile_model, sync_bn=sync_bn,
-                )
                 run_dir = ddp.broadcast_object(out or new_run_dir(model))
                 processes = f" on {info.world_size} processes" if info.enabled else ""
                 err.print(f"training {model}{processes}; run folder: {run_dir}")
                 if init_from:
-                    err.print(f"initialising {model} from {init_from}")
+                    err.print(f"initialising {model} from {init_from}; the learning-rate schedule starts afresh")
                 result = run_training(cfg, dataset, out_dir=run_dir, progress=progress, stop=stop)
     except TrainingInterrupted as exc:
         progress.finish()
         name = signal.Signals(received[0]).name if received else "a stop request"
         err.print(f"[yellow]{name}: saved step {exc.global_step} to {exc.run_dir / 'last.pt'}[/]")
-        err.print(f"resume with: cifarctl train {model} --resume {shlex.quote(str(exc.run_dir))}")
+        err.print(f"resume with: cifarctl train {cfg.model} --resume {shlex.quote(str(exc.run_dir))}")
         code = 128 + received[0] if received else 1
         raise typer.Exit(code) from None
     finally:
@@ -153,15 +180,31 @@ def _result_dict(result: TrainResult) -> dict[str, Any]:
         "train_loss": result.train_loss, "train_accuracy": result.train_accuracy,
         "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
         "seconds": result.seconds, "images_per_s": result.images_per_s, "device": result.device,
+        "tta": bool(result.tta), "tta_level": result.tta, "val_accuracy": result.val_accuracy,
+        "best_test_accuracy": result.best_test_accuracy, "best_selected_on": result.best_selected_on,
+        "finished_before": result.finished_before,
     }
 
 
 def _render(result: TrainResult) -> None:
     console = out_console()
-    console.print(f"[bold]{result.model}[/] on {result.device}: {result.global_step:,} steps "
-                  f"({result.epochs_completed} full epochs) in {result.seconds:,.1f}s, {result.images_per_s:,.0f} img/s")
+    if result.finished_before:
+        console.print(f"[bold]{result.model}[/]: finished run, {result.global_step:,} steps "
+                      f"({result.epochs_completed} full epochs)")
+    else:
+        console.print(f"[bold]{result.model}[/] on {result.device}: {result.global_step:,} steps "
+                      f"({result.epochs_completed} full epochs) in {result.seconds:,.1f}s, "
+                      f"{result.images_per_s:,.0f} img/s")
     console.print(f"train loss {result.train_loss:.4f} · train accuracy {result.train_accuracy:.2f}%")
+    if result.val_accuracy is not None:
+        console.print(f"validation accuracy {result.val_accuracy:.2f}% (chose best.pt)")
     if result.test_accuracy is not None:
-        console.print(f"test accuracy [bold green]{result.test_accuracy:.2f}%[/] · test loss {result.test_loss:.4f}")
+        tta = f" (TTA level {result.tta})" if result.tta else ""
+        console.print(f"test accuracy [bold green]{result.test_accuracy:.2f}%[/]{tta} · test loss {result.test_loss:.4f}")
+    if result.best_test_accuracy is not None:
+        console.print(f"best.pt test accuracy {result.best_test_accuracy:.2f}%")
+    elif result.test_accuracy is not None and result.best_selected_on == "test":
+        console.print("[dim]best.pt was chosen on the test set; --val-split N chooses it on held-out training "
+                      "images instead[/]")
     console.print(f"checkpoint: {result.run_dir / 'last.pt'}")
 

@@ -1,12 +1,13 @@
 """Batches made on the training device with whole-batch tensor ops (airbench's approach).
 
 The dataset is moved to the device once, as uint8 NCHW (150 MB for the train split). A batch is an
-index slice of it; random crop (zero padding 4) and horizontal flip are one gather over the whole
-batch; normalisation is one fused float op. There is no per-image Python, no PIL and no worker
+index slice of it; random crop (zero or reflect padding) and horizontal flip are one gather over the
+whole batch; normalisation is one fused float op with constants made once per loader. There is no per-image Python, no PIL and no worker
 process, and the same code runs on CPU and CUDA.
 
 Randomness is drawn per epoch from a CPU generator seeded by ``(seed, epoch)``: the permutation and
-every sample's crop offset and flip. So batch ``k`` of epoch ``e`` is a pure function of
+every sample's crop offset and flip (with ``flip="alternate"``, one flip bit per image for the whole
+run, drawn from ``seed`` alone, inverted on odd epochs: airbench's alternating flip). So batch ``k`` of epoch ``e`` is a pure function of
 ``(seed, e, k)``, identical on every device, and a resumed run sees exactly the batches an
 uninterrupted one would.
 """
@@ -20,10 +21,9 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-# The course's normalisation constants; its checkpoints expect inputs normalised with them.
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2023, 0.1994, 0.2010)
-PAD = 4
+from cifarctl.models.registry import COURSE_MEAN as MEAN, COURSE_STD as STD
+
+PAD = 4  # the course's crop padding
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -32,29 +32,49 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def augment_batch(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor,
-                  pad: int = PAD) -> torch.Tensor:
-    """Random-crop (zero padding ``pad``) and flip a uint8 NCHW batch in one gather.
+def _reflect_index(size: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Source index of each position of a ``pad``-reflect-padded axis of ``size`` (as F.pad's 'reflect')."""
+    index = torch.arange(-pad, size + pad, device=device).abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
-    Sample ``b`` is the ``H x W`` window at ``(dy[b], dx[b])`` of the zero-padded image, mirrored
-    left-right where ``flip[b]``: torchvision's ``RandomCrop(H, padding=pad)`` then
-    ``RandomHorizontalFlip``, for the whole batch at once.
+
+def augment_batch(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor,
+                  pad: int = PAD, pad_mode: str = "zeros") -> torch.Tensor:
+    """Random-crop (padding ``pad``) and flip a uint8 NCHW batch in one gather.
+
+    Sample ``b`` is the ``H x W`` window at ``(dy[b], dx[b])`` of the padded image, mirrored
+    left-right where ``flip[b]``: torchvision's ``RandomCrop(H, padding=pad, padding_mode=pad_mode)``
+    then ``RandomHorizontalFlip``, for the whole batch at once. Reflect padding is an index map
+    into the unpadded image, so it needs no padded copy.
     """
     batch, channels, height, width = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))
     device = images.device
-    rows = dy[:, None] + torch.arange(height, device=device)                      # [B, H]
+    rows = dy[:, None] + torch.arange(height, device=device)                      # [B, H] in padded coordinates
     cols = dx[:, None] + torch.arange(width, device=device)                       # [B, W]
     cols = torch.where(flip[:, None], cols.flip(1), cols)
+    if pad_mode == "reflect":
+        source = images
+        rows, cols = _reflect_index(height, pad, device)[rows], _reflect_index(width, pad, device)[cols]
+    else:
+        source = F.pad(images, (pad, pad, pad, pad))
     b = torch.arange(batch, device=device)[:, None, None, None]
     c = torch.arange(channels, device=device)[None, :, None, None]
-    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+    return source[b, c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 NCHW -> ``(x / 255 - MEAN) / STD`` in ``dtype`` (ToTensor + Normalize in one op)."""
-    mean = torch.tensor(MEAN, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(STD, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32,
+              mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> torch.Tensor:
+    """uint8 NCHW -> ``(x / 255 - mean) / std`` in ``dtype`` (ToTensor + Normalize in one op)."""
+    return _normalize(images, *_constants(mean, std, images.device), dtype)
+
+
+def _constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device),
+            torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device))
+
+
+def _normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # The same float ops, in the same order, as ToTensor + Normalize: course checkpoints score identically.
     return ((images.float() / 255.0 - mean) / std).to(dtype)
 
 
@@ -68,14 +88,20 @@ class DeviceLoader:
             ...
 
     ``images`` are uint8 ``[N, 32, 32, 3]`` (HWC, as stored); ``train=True`` shuffles and
-    augments. ``rank``/``world_size`` give each process a disjoint shard of every epoch.
+    augments: a crop padded by ``translate`` pixels (``pad_mode`` zeros or reflect) and a flip
+    (``flip`` random, alternate or none). ``rank``/``world_size`` give each process a disjoint
+    shard of every epoch.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device | str,
                  train: bool, seed: int = 0, augment: bool = True, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1) -> None:
+                 dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1,
+                 mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD, translate: int = PAD,
+                 pad_mode: str = "zeros", flip: str = "random") -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        self.translate, self.pad_mode, self.flip = translate, pad_mode, flip
+        self.mean, self.std = tuple(mean), tuple(std)
         self.device = torch.device(device)
         self.images = images.permute(0, 3, 1, 2).contiguous().to(self.device)  # NCHW uint8
         self.labels = labels.long().to(self.device)
@@ -83,6 +109,8 @@ class DeviceLoader:
         self.augment = augment and train
         self.channels_last, self.dtype = channels_last, dtype
         self.rank, self.world_size = rank, world_size
+        # Made once here: building them per batch would be a host-to-device copy every CUDA step.
+        self._mean, self._std = _constants(self.mean, self.std, self.device)
 
     @property
     def num_samples(self) -> int:
@@ -103,11 +131,17 @@ class DeviceLoader:
             return torch.arange(self.rank, n, self.world_size), None
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         order = torch.randperm(n, generator=gen)
+        shifts = 2 * self.translate + 1
         aug = torch.stack([
-            torch.randint(0, 2 * PAD + 1, (n,), generator=gen),  # dx
-            torch.randint(0, 2 * PAD + 1, (n,), generator=gen),  # dy
-            torch.randint(0, 2, (n,), generator=gen),            # flip
+            torch.randint(0, shifts, (n,), generator=gen),  # dx
+            torch.randint(0, shifts, (n,), generator=gen),  # dy
+            torch.randint(0, 2, (n,), generator=gen),       # flip
         ])
+        if self.flip == "alternate":  # a fixed bit per image, inverted every other epoch
+            base = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(epoch_seed(self.seed, -1000)))
+            aug[2] = base ^ (epoch % 2)
+        elif self.flip == "none":
+            aug[2] = 0
         # Every rank draws the same global plan and takes its own stride of it: disjoint shards.
         take = slice(self.rank, self.num_samples * self.world_size, self.world_size)
         return order[take], aug[:, take]
@@ -124,6 +158,6 @@ class DeviceLoader:
             index = order[sl]
             batch = self.images[index]
             if self.augment and aug is not None:
-                batch = augment_batch(batch, aug[0, sl], aug[1, sl], aug[2, sl].bool())
-            x = normalize(batch, self.dtype).contiguous(memory_format=memory_format)
+                batch = augment_batch(batch, aug[0, sl], aug[1, sl], aug[2, sl].bool(), self.translate, self.pad_mode)
+            x = _normalize(batch, self._mean, self._std, self.dtype).contiguous(memory_format=memory_format)
             yield x, self.labels[index]

@@ -13,6 +13,7 @@ from torch import nn
 from cifarctl.data.cifar10 import CIFAR10, CLASSES
 from cifarctl.data.loader import DeviceLoader
 from cifarctl.engine.checkpoint import load_checkpoint, load_weights
+from cifarctl.engine.config import TrainConfig
 from cifarctl.engine.device import autocast_dtype, resolve_device
 from cifarctl.engine.distributed import all_reduce_sum
 from cifarctl.models import create_model
@@ -46,9 +47,33 @@ class EvalResult:
                 "images": self.images, "per_class": self.per_class, "confusion": self.confusion, **self.extra}
 
 
-def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10, amp: bool = True,
-                   progress: Progress | None = None, classes: tuple[str, ...] = CLASSES) -> EvalResult:
-    """Run ``model`` over ``loader`` under ``inference_mode``; the model's train/eval mode is restored."""
+def tta_logits(model: nn.Module, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    """Logits of ``x`` averaged over test-time augmentations (airbench's scheme).
+
+    0: the images alone. 1: the mean over the images and their mirror images. 2: half the level-1
+    logits plus half the mean of level 1 on the images shifted one pixel up-left and one pixel
+    down-right (reflect padding).
+    """
+    def mirrored(batch: torch.Tensor) -> torch.Tensor:
+        return 0.5 * model(batch).float() + 0.5 * model(batch.flip(-1)).float()
+
+    if level == 0:
+        return model(x).float()
+    logits = mirrored(x)
+    if level == 1:
+        return logits
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[..., :height, :width], padded[..., 2:, 2:]]
+    return 0.5 * logits + 0.25 * (mirrored(shifted[0]) + mirrored(shifted[1]))
+
+
+def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10, amp: bool = False,
+                   progress: Progress | None = None, classes: tuple[str, ...] = CLASSES, tta: int = 0) -> EvalResult:
+    """Run ``model`` over ``loader`` under ``inference_mode``; the model's train/eval mode is restored.
+
+    fp32 unless ``amp``; ``tta`` is the test-time augmentation level (see ``tta_logits``).
+    """
     progress = progress or NullProgress()
     device = loader.device
     cast = autocast_dtype(device, amp)
@@ -60,7 +85,7 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     try:
         with torch.inference_mode(), torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
             for x, y in loader.epoch(0):
-                logits = model(x).float()
+                logits = tta_logits(model, x, tta)
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
                 confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
                 progress.advance(len(y))
@@ -73,25 +98,33 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     matrix = confusion.view(num_classes, num_classes).cpu()
     images = int(matrix.sum())
     accuracy = 100.0 * float(matrix.diag().sum()) / images if images else float("nan")
-    return EvalResult(accuracy, loss_sum.item() / max(images, 1), images, matrix.tolist(), classes=classes)
+    result = EvalResult(accuracy, loss_sum.item() / max(images, 1), images, matrix.tolist(), classes=classes)
+    result.extra = {"tta": bool(tta), "tta_level": tta, "amp": cast is not None}
+    return result
 
 
 def evaluate(model_name: str, checkpoint: Path | str, data: CIFAR10, device: str = "auto", batch_size: int = 100,
-             amp: bool = False, progress: Progress | None = None) -> EvalResult:
+             amp: bool = False, progress: Progress | None = None, tta: int | None = None) -> EvalResult:
     """Load ``checkpoint`` (cifarctl's or a raw state_dict) into ``model_name`` and evaluate on the test split.
 
     fp32 by default, so a checkpoint scores what the course's own loop gives; ``amp=True`` trades
-    that exactness for speed (bf16 on CUDA and on CPUs with native bf16).
+    that exactness for speed (bf16 on CUDA and on CPUs with native bf16). Inputs are normalised as
+    the checkpoint's run was trained (its config), else with the model's default constants.
+    ``tta`` averages logits over flips (1) and shifts (2); None: the level the run was trained to
+    report (its config, else the model's recipe: 0 for the course models).
     Usage: ``evaluate("vgg16", "vgg16_250.pt", load_cifar10())``
     """
     dev = resolve_device(device)
     model = create_model(model_name, num_classes=len(data.classes))
     state = load_checkpoint(checkpoint)
     load_weights(model, model_name, state, checkpoint)
+    trained = {**TrainConfig.for_model(model_name).to_dict(), **(state.get("config") or {})}
     # channels_last: measured faster for inference on CPU (VGG-16: 290 vs 336 ms per 100 images) and CUDA.
     model.to(dev, memory_format=torch.channels_last)
-    loader = DeviceLoader(data.test_images, data.test_labels, batch_size, dev, train=False, channels_last=True)
-    result = evaluate_model(model, loader, len(data.classes), amp=amp, progress=progress, classes=data.classes)
+    loader = DeviceLoader(data.test_images, data.test_labels, batch_size, dev, train=False, channels_last=True,
+                          mean=trained["mean"], std=trained["std"])
+    result = evaluate_model(model, loader, len(data.classes), amp=amp, progress=progress, classes=data.classes,
+                            tta=trained["tta"] if tta is None else tta)
     result.model, result.checkpoint = model_name, str(checkpoint)
-    result.extra = {"device": str(dev), "epoch": state.get("epoch"), "global_step": state.get("global_step")}
+    result.extra.update(device=str(dev), epoch=state.get("epoch"), global_step=state.get("global_step"))
     return result

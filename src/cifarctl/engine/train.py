@@ -8,6 +8,7 @@ resumed from its last checkpoint ends with the same weights as one never interru
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -22,19 +23,22 @@ import torch.nn.functional as F
 from cifarctl import paths
 from cifarctl.atomic import write_text
 from cifarctl.data.cifar10 import CIFAR10
-from cifarctl.data.loader import DeviceLoader, epoch_seed
+from cifarctl.data.loader import DeviceLoader, epoch_seed, normalize
 from cifarctl.engine.checkpoint import find_latest, load_checkpoint, load_weights, save_checkpoint
 from cifarctl.engine import distributed as ddp
 from cifarctl.engine.config import TrainConfig
 from cifarctl.engine.device import autocast_dtype, resolve_device
 from cifarctl.engine.evaluate import EvalResult, evaluate_model
 from cifarctl.engine.metrics import MetricsLog, RunningMetrics
-from cifarctl.engine.schedule import build_optimizer, build_scheduler
-from cifarctl.errors import CheckpointError, CifarctlError
+from cifarctl.engine.ema import Lookahead
+from cifarctl.engine.evaluate import tta_logits  # noqa: F401  (re-exported for notebooks)
+from cifarctl.engine.schedule import build_optimizer, build_scheduler, schedule_steps
+from cifarctl.errors import CheckpointError, CifarctlError, UsageError
 from cifarctl.models import create_model
 from cifarctl.progress import NullProgress, Progress
 
 TIME_BETWEEN_SAVES_S = 180.0  # default checkpoint interval when --save-every is not given
+WHITENING_IMAGES = 5000       # training images whose 2x2 patches set a whitening stem (airbench's number)
 
 
 class TrainingInterrupted(CifarctlError):
@@ -62,6 +66,11 @@ class TrainResult:
     seconds: float                   # wall time of the run, evaluation included
     images_per_s: float              # training throughput (evaluation excluded)
     device: str
+    val_accuracy: float | None = None     # last validation accuracy (with --val-split)
+    best_test_accuracy: float | None = None  # best.pt on the test set (with --val-split)
+    best_selected_on: str = "test"   # which split chose best.pt
+    tta: int = 0                     # test-time augmentation level of the test numbers
+    finished_before: bool = False    # a resumed run that had nothing left to do
 
 
 def new_run_dir(model_name: str) -> Path:
@@ -92,6 +101,30 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train_indices, val_indices)``: ``size`` images held out, stratified by class, seeded.
+
+    Each class gives its share of ``size`` (largest remainders first); which of its images go is a
+    seeded permutation, so the same seed always holds out the same images.
+    """
+    if not 0 < size < len(labels):
+        raise UsageError(f"--val-split must be between 1 and {len(labels) - 1} images, got {size}")
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * size / len(labels)
+    take = exact.floor().long()
+    remainder = exact - take
+    take[remainder.argsort(descending=True, stable=True)[: size - int(take.sum())]] += 1
+    gen = torch.Generator().manual_seed(epoch_seed(seed, -2000))
+    held = []
+    for cls, n in zip(classes.tolist(), take.tolist()):
+        members = torch.nonzero(labels == cls).flatten()
+        held.append(members[torch.randperm(len(members), generator=gen)[:n]])
+    val = torch.cat(held).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val] = False
+    return torch.nonzero(keep).flatten(), val
+
+
 class Trainer:
     """One training run. Use ``train()`` unless you need the pieces."""
 
@@ -114,24 +147,59 @@ class Trainer:
         self.model, self.forward = self._build_model(len(data.classes), channels_last, init=resume is None)
         self.scaler = torch.amp.GradScaler("cuda") if self.cast == torch.float16 else None
         shard = dict(rank=self.dist.rank, world_size=self.dist.world_size)
-        self.train_loader = DeviceLoader(data.train_images, data.train_labels,
-                                         ddp.per_rank_batch(cfg.batch_size, self.dist), self.device, train=True,
-                                         seed=cfg.seed, channels_last=channels_last, **shard)
+        norm = dict(channels_last=channels_last, mean=cfg.mean, std=cfg.std)
+        train_images, train_labels = data.train_images, data.train_labels
+        self.val_loader: DeviceLoader | None = None
+        if cfg.val_split:
+            keep, held = validation_split(train_labels, cfg.val_split, cfg.seed)
+            self.val_loader = DeviceLoader(train_images[held], train_labels[held], cfg.eval_batch_size, self.device,
+                                           train=False, **norm, **shard)
+            train_images, train_labels = train_images[keep], train_labels[keep]
+        self.train_loader = DeviceLoader(train_images, train_labels, ddp.per_rank_batch(cfg.batch_size, self.dist),
+                                         self.device, train=True, seed=cfg.seed, translate=cfg.translate,
+                                         pad_mode=cfg.pad_mode, flip=cfg.flip, **norm, **shard)
         self.test_loader = DeviceLoader(data.test_images, data.test_labels, cfg.eval_batch_size, self.device,
-                                        train=False, channels_last=channels_last, **shard)
-        self.optimizer = build_optimizer(cfg, self.model.parameters())
+                                        train=False, **norm, **shard)
+        if cfg.schedule_steps is None:  # fixed now, so a resumed run keeps this schedule whatever --epochs says
+            cfg.schedule_steps = schedule_steps(cfg, len(self.train_loader))
+        if resume is None and cfg.whiten and not cfg.init_ckpt:
+            self._init_whitening(train_images)
+        self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
+        self.lookahead = Lookahead(self.model) if cfg.ema else None
         self.running = RunningMetrics(self.device)
         self.log = MetricsLog(run_dir / "metrics.jsonl")
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_accuracy: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None  # best weights, kept for the final test (--val-split)
         self.last_eval: EvalResult | None = None
+        self.last_val: EvalResult | None = None
+        self.best_test: EvalResult | None = None
         self.last_train = (float("nan"), float("nan"))  # (loss, accuracy) of the last epoch record
+        self.stored_metrics: dict[str, Any] = {}
         # Alone, stop and save requests are checked every step; under DDP every few steps, since the
         # ranks must agree (one small all-reduce) before any of them leaves the loop.
         self.check_every = 1 if not self.dist.enabled else 10
         if resume is not None:
             self._restore(resume)
+
+    @property
+    def best_selected_on(self) -> str:
+        return "val" if self.val_loader is not None else "test"
+
+    def _init_whitening(self, images: torch.Tensor) -> None:
+        """Set the model's whitening stem from the first training images (normalised, not augmented)."""
+        init = getattr(self.model, "init_whitening", None)
+        if init is None:
+            raise UsageError(f"--whiten applies to models with a whitening stem (airbench94), not {self.cfg.model}")
+        sample = images[:WHITENING_IMAGES].permute(0, 3, 1, 2).to(self.device)
+        init(normalize(sample, mean=self.cfg.mean, std=self.cfg.std))
+
+    def _set_whitening_bias(self) -> None:
+        """The whitening stem's bias trains for the first ``whiten_bias_epochs`` epochs, then is frozen."""
+        stem = getattr(self.model, "whiten", None)
+        if self.cfg.whiten and isinstance(stem, torch.nn.Conv2d) and stem.bias is not None:
+            stem.bias.requires_grad_(self.epoch < self.cfg.whiten_bias_epochs)
 
     def _build_model(self, num_classes: int, channels_last: bool, init: bool) -> tuple[torch.nn.Module, Any]:
         """The model on its device (and its DDP / compiled wrapper for the forward pass)."""
@@ -161,13 +229,20 @@ class Trainer:
             "model_name": self.cfg.model, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step, "world_size": self.dist.world_size, "rng": self._rng_states(),
             "config": self.cfg.to_dict(), "running": self.running.state_dict(), "best_accuracy": self.best_accuracy,
-            "metrics": self._metrics_summary(),
+            "metrics": self._metrics_summary(), "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+            "last_train": list(self.last_train), "best_selected_on": self.best_selected_on,
         }
 
     def _metrics_summary(self) -> dict[str, Any]:
-        if self.last_eval is None:
-            return {}
-        return {"test_accuracy": self.last_eval.accuracy, "test_loss": self.last_eval.loss}
+        out: dict[str, Any] = {}
+        if self.last_eval is not None:
+            out.update(test_accuracy=self.last_eval.accuracy, test_loss=self.last_eval.loss,
+                       tta=self.last_eval.extra.get("tta_level", 0))
+        if self.last_val is not None:
+            out.update(val_accuracy=self.last_val.accuracy, val_loss=self.last_val.loss)
+        if self.best_test is not None:
+            out.update(best_test_accuracy=self.best_test.accuracy, best_test_loss=self.best_test.loss)
+        return out
 
     def _rng_states(self) -> dict[str, Any] | list[dict[str, Any]]:
         """This process's RNG state alone; every rank's (a list, by rank) under DDP."""
@@ -195,6 +270,10 @@ class Trainer:
             if self.dist.is_main:  # the sums cover all ranks; rank 0 carries them on
                 self.running.load_state_dict(state["running"])
             self.best_accuracy = state.get("best_accuracy")
+            if self.lookahead is not None:
+                self.lookahead.load_state_dict(state["lookahead"])
+            self.last_train = tuple(state.get("last_train") or self.last_train)
+            self.stored_metrics = dict(state.get("metrics") or {})
             self._restore_rng(state)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{self.run_dir / 'last.pt'} cannot be resumed ({exc})") from None
@@ -226,38 +305,71 @@ class Trainer:
         else:
             loss.backward()
             self.optimizer.step()
-        self.scheduler.step()
+        step, total = self.global_step + 1, self.cfg.schedule_steps or 1
+        if step < total:  # past its end (a run lengthened on resume) the schedule stays at its final lr
+            self.scheduler.step()
+        if self.lookahead is not None:
+            self.lookahead.step(self.model, step, total)
         self.running.update(loss, logits, y)
 
     def _done(self) -> bool:
         return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
 
-    def _evaluate(self) -> EvalResult:
+    def _evaluate(self, loader: DeviceLoader, tta: int = 0, model: torch.nn.Module | None = None) -> EvalResult:
         if self.dist.enabled:  # ranks update BatchNorm statistics on their own shards: use rank 0's
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
-        result = evaluate_model(self.model, self.test_loader, len(self.data.classes), amp=self.cfg.amp,
-                                progress=self.progress, classes=self.data.classes)
-        self.last_eval = result
-        return result
+        return evaluate_model(model or self.model, loader, len(self.data.classes), amp=self.cfg.eval_amp,
+                              progress=self.progress, classes=self.data.classes, tta=tta)
+
+    def _finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs or self._done()
 
     def _end_epoch(self, seconds: float) -> None:
+        cfg = self.cfg
         train_loss, train_acc = self.running.read()
         self.last_train = (train_loss, train_acc)
         steps = len(self.train_loader)
         record: dict[str, Any] = {"type": "epoch", "epoch": round(self.epoch + self.step_in_epoch / steps, 4),
                                   "global_step": self.global_step, "train_loss": train_loss, "train_acc": train_acc,
                                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+        final = self._finished()
+        due = final or (cfg.eval_every and self.step_in_epoch == 0 and self.epoch % cfg.eval_every == 0)
         best = False
-        if self.cfg.eval:
-            result = self._evaluate()
-            record.update(test_loss=result.loss, test_acc=result.accuracy)
+        if cfg.eval and due:
+            if self.val_loader is not None:  # choose on held-out training images; the test set waits
+                result = self.last_val = self._evaluate(self.val_loader)
+                record.update(val_loss=result.loss, val_acc=result.accuracy)
+            else:  # the final evaluation is the reported one: with the recipe's test-time augmentation
+                result = self.last_eval = self._evaluate(self.test_loader, cfg.tta if final else 0)
+                record.update(test_loss=result.loss, test_acc=result.accuracy, tta=result.extra["tta_level"])
             best = self.best_accuracy is None or result.accuracy > self.best_accuracy
             if best:
                 self.best_accuracy = result.accuracy
+                if self.val_loader is not None:
+                    self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.dist.is_main:
             self.log.append(record)
+        if final and cfg.eval and self.val_loader is not None:
+            self._final_test()
         self.save(best=best)
+
+    def _final_test(self) -> None:
+        """Score ``last.pt`` and ``best.pt`` on the test set, once, at the end of a --val-split run."""
+        self.last_eval = self._evaluate(self.test_loader, self.cfg.tta)
+        best_state = self.best_state
+        if best_state is None and (self.run_dir / "best.pt").is_file():  # chosen before a resume
+            best_state = load_checkpoint(self.run_dir / "best.pt")["model"]
+        if best_state is not None:
+            best_model = copy.deepcopy(self.model)
+            best_model.load_state_dict(best_state)
+            self.best_test = self._evaluate(self.test_loader, self.cfg.tta, model=best_model)
+        record = {"type": "final", "global_step": self.global_step, "test_loss": self.last_eval.loss,
+                  "test_acc": self.last_eval.accuracy, "tta": self.cfg.tta}
+        if self.best_test is not None:
+            record.update(best_test_loss=self.best_test.loss, best_test_acc=self.best_test.accuracy)
+        if self.dist.is_main:
+            self.log.append(record)
 
     def _report_step(self, steps: int, epoch_images: int, epoch_started: float) -> None:
         """Advance the progress bar; every ``log_every`` steps (and at epoch end) read and log metrics."""
@@ -293,8 +405,9 @@ class Trainer:
         cfg = self.cfg
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.run_dir / "config.json",
-                       json.dumps({**cfg.to_dict(), "world_size": self.dist.world_size}, indent=2) + "\n")
+            write_text(self.run_dir / "config.json", json.dumps(
+                {**cfg.to_dict(), "world_size": self.dist.world_size, "best_selected_on": self.best_selected_on},
+                indent=2) + "\n")
         started = last_save = time.perf_counter()
         images_seen, train_seconds = 0, 0.0
         while self.epoch < cfg.epochs and not self._done():
@@ -302,6 +415,7 @@ class Trainer:
             self.progress.start(f"epoch {self.epoch + 1}/{cfg.epochs}", steps, "steps")
             self.progress.advance(self.step_in_epoch)
             epoch_started, epoch_images = time.perf_counter(), 0
+            self._set_whitening_bias()
             for x, y in self.train_loader.epoch(self.epoch, self.step_in_epoch):
                 self._train_step(x, y)
                 self.step_in_epoch += 1
@@ -321,10 +435,24 @@ class Trainer:
             if self.step_in_epoch == 0:
                 self.running.reset()  # the next epoch's train metrics start from zero
             last_save = time.perf_counter()
-        result = self.last_eval
-        return TrainResult(self.run_dir, cfg.model, self.epoch, self.global_step, *self.last_train,
-                           result.accuracy if result else None, result.loss if result else None,
-                           time.perf_counter() - started, images_seen / max(train_seconds, 1e-9), str(self.device))
+        return self.result(time.perf_counter() - started, images_seen / max(train_seconds, 1e-9))
+
+    def stored_result(self) -> TrainResult:
+        """The results a finished run recorded in its checkpoint (for a resume with nothing left to do)."""
+        stored = self.stored_metrics
+        result = self.result(0.0, 0.0)
+        result.test_accuracy, result.test_loss = stored.get("test_accuracy"), stored.get("test_loss")
+        result.val_accuracy, result.best_test_accuracy = stored.get("val_accuracy"), stored.get("best_test_accuracy")
+        result.tta, result.finished_before = int(stored.get("tta") or 0), True
+        return result
+
+    def result(self, seconds: float, images_per_s: float) -> TrainResult:
+        test, val, best = self.last_eval, self.last_val, self.best_test
+        return TrainResult(
+            self.run_dir, self.cfg.model, self.epoch, self.global_step, *self.last_train,
+            test.accuracy if test else None, test.loss if test else None, seconds, images_per_s, str(self.device),
+            val_accuracy=val.accuracy if val else None, best_test_accuracy=best.accuracy if best else None,
+            best_selected_on=self.best_selected_on, tta=test.extra.get("tta_level", 0) if test else 0)
 
 
 def train(cfg: TrainConfig, data: CIFAR10, out_dir: Path | None = None, progress: Progress | None = None,
@@ -340,6 +468,10 @@ def train(cfg: TrainConfig, data: CIFAR10, out_dir: Path | None = None, progress
     return Trainer(cfg, data, run_dir, progress, stop).run()
 
 
+# Settings that may change when a run is resumed: none of them alters the part already trained.
+RESUMABLE = frozenset({"epochs", "device", "max_steps", "eval", "save_every", "log_every"})
+
+
 def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The config and last checkpoint of the run in ``run_dir``."""
     state = load_checkpoint(run_dir / "last.pt")
@@ -349,20 +481,48 @@ def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     return TrainConfig.from_dict(state["config"]), state
 
 
+def resume_config(run_dir: Path, model: str | None = None, overrides: dict[str, Any] | None = None,
+                  loaded: tuple[TrainConfig, dict[str, Any]] | None = None) -> TrainConfig:
+    """The config a resumed run continues with: the run's own, plus the overrides it allows.
+
+    A ``model`` other than the run's, or an override of a setting that shaped the finished part
+    (``--lr``, ``--batch-size``, ``--data`` ...), is refused with the names of what differs.
+    """
+    cfg, _ = loaded or load_run(run_dir)
+    if model is not None and model != cfg.model:
+        raise UsageError(f"{run_dir} is a {cfg.model} run, not {model}: "
+                         f"resume it with `cifarctl train {cfg.model} --resume {run_dir}`")
+    stored = cfg.to_dict()
+    changed = sorted(k for k, v in (overrides or {}).items()
+                     if v is not None and k not in RESUMABLE and k in stored and stored[k] != v)
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
+        raise UsageError(f"{flags} cannot change when a run is resumed (the run was trained with "
+                         f"{', '.join(f'{k}={stored[k]!r}' for k in changed)}); drop them, or start a new run "
+                         "with --ckpt to fine-tune from its weights")
+    stored.update({k: v for k, v in (overrides or {}).items() if k in RESUMABLE and v is not None})
+    return TrainConfig.from_dict(stored)
+
+
 def resume(run_dir: Path, data: CIFAR10, overrides: dict[str, Any] | None = None,
            progress: Progress | None = None, stop: threading.Event | None = None,
            notify: Callable[[str], None] | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint, at the exact step.
 
-    ``overrides`` may change settings that do not alter the finished part (epochs, device,
-    max_steps, eval, save_every); ``notify`` receives notices (e.g. a changed world size).
+    Everything comes from the checkpoint; ``overrides`` may change only ``RESUMABLE`` settings
+    (others are refused, see ``resume_config``). ``notify`` receives notices (e.g. a changed world
+    size, or a run that was already finished, whose stored results come back).
     Usage: ``resume(Path("runs/resnet50/2026..."), load_cifar10())``
     """
-    cfg, state = load_run(run_dir)
-    allowed = {"epochs", "device", "max_steps", "eval", "save_every", "log_every"}
-    values = cfg.to_dict()
-    values.update({k: v for k, v in (overrides or {}).items() if k in allowed and v is not None})
-    trainer = Trainer(TrainConfig.from_dict(values), data, run_dir, progress, stop, resume=state)
+    loaded = load_run(run_dir)
+    cfg = resume_config(run_dir, None, overrides, loaded)
+    state = loaded[1]
+    trainer = Trainer(cfg, data, run_dir, progress, stop, resume=state)
     for notice in trainer.notices:
         (notify or (lambda _text: None))(notice)
+    if trainer._finished():
+        (notify or (lambda _text: None))(f"the run in {run_dir} is already finished ({trainer.global_step:,} steps, "
+                                          f"{trainer.epoch} epochs): its stored results follow; raise --epochs "
+                                          "to train on")
+        return trainer.stored_result()
     return trainer.run()

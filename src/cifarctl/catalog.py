@@ -1,0 +1,37 @@
+"""The registered models at a glance: size, compute, default recipe and what it is known to reach."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from cifarctl.engine.config import recipe_summary
+from cifarctl.models import list_models, model_card
+from cifarctl.trace.api import inspect_model
+
+
+@dataclass
+class ModelSummary:
+    """One row of ``cifarctl models``."""
+
+    name: str
+    params: int
+    macs: int                 # multiply-accumulates of one 3x32x32 image
+    recipe: str               # the default recipe in one line
+    reference: str            # a reference accuracy and where it comes from
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def describe_models() -> list[ModelSummary]:
+    """Every registered model, traced on one 3x32x32 image (shapes only, on the meta device).
+
+    Usage: ``for m in describe_models(): print(m.name, m.params)``
+    """
+    rows = []
+    for name in list_models():
+        card = model_card(name)
+        traced = inspect_model(lambda card=card: card.factory(), [1, 3, 32, 32], name=name)
+        rows.append(ModelSummary(name, traced.total_params, traced.total_macs,
+                                 card.summary or recipe_summary(card.recipe), card.reference))
+    return rows

@@ -1,0 +1,33 @@
+"""`cifarctl models`: the registered models, their size, compute and default recipe."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from cifarctl.cli.options import Json
+from cifarctl.cli.render import handle_errors, out_console, print_json
+
+
+@handle_errors
+def models(json_output: Json = False) -> None:
+    """List the models `train`, `evaluate` and `inspect` know, with the recipe `train MODEL` uses.
+
+    Examples:
+
+      cifarctl models
+
+      cifarctl models --json
+    """
+    from cifarctl.catalog import describe_models
+
+    rows = describe_models()
+    if json_output:
+        print_json([r.to_dict() for r in rows])
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for column, justify in (("model", "left"), ("params", "right"), ("MACs (3x32x32)", "right"),
+                            ("default recipe", "left"), ("reference accuracy", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(r.name, f"{r.params:,}", f"{r.macs / 1e6:,.1f} M", r.recipe, r.reference)
+    out_console().print(table)

@@ -1,0 +1,234 @@
+"""Per-model recipes, airbench94's pieces (whitening, lookahead, TTA), validation split, schedules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cifarctl.engine import TrainConfig, evaluate, load_checkpoint, train
+from cifarctl.engine.ema import Lookahead
+from cifarctl.engine.evaluate import tta_logits
+from cifarctl.engine.schedule import build_optimizer, build_scheduler, parameter_groups
+from cifarctl.engine.train import Trainer, validation_split
+from cifarctl.errors import UsageError
+from cifarctl.models import create_model, default_recipe
+from cifarctl.models.airbench import image_patches
+
+from conftest import tiny_dataset
+
+# Exact parameter counts: the published architectures at 10 classes.
+PARAMS = {"airbench94": 1_972_792, "resnet18": 11_173_962, "vgg16_bn": 14_728_266}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_parameter_counts(name: str) -> None:
+    assert sum(p.numel() for p in create_model(name).parameters()) == PARAMS[name]
+
+
+def test_resnet18_has_the_cifar_stem() -> None:
+    model = create_model("resnet18")
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+
+
+def test_course_models_keep_the_course_recipe() -> None:
+    for name in ("vgg16", "resnet50"):
+        cfg = TrainConfig.for_model(name)
+        assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.lr_schedule) == ("adam", 1e-3, 100, 1, "none")
+        assert cfg.tta == 0 and not cfg.ema and not cfg.whiten and cfg.weight_decay == 0
+
+
+def test_airbench94_recipe_is_the_papers() -> None:
+    cfg = TrainConfig.for_model("airbench94")
+    assert (cfg.optimizer, cfg.nesterov, cfg.batch_size, cfg.epochs) == ("sgd", True, 1024, 10)
+    assert (cfg.lr, cfg.lr_units, cfg.momentum, cfg.weight_decay) == (11.5, "per1024", 0.85, 0.0153)
+    assert (cfg.label_smoothing, cfg.norm_bias_lr_scale, cfg.tta) == (0.2, 64.0, 2)
+    assert cfg.ema and cfg.whiten and cfg.flip == "alternate" and (cfg.translate, cfg.pad_mode) == (2, "reflect")
+
+
+def test_a_flag_overrides_one_field_of_the_recipe() -> None:
+    cfg = TrainConfig.for_model("airbench94", epochs=20, tta=None)
+    assert cfg.epochs == 20 and cfg.tta == 2 and cfg.batch_size == 1024
+    assert default_recipe("airbench94")["epochs"] == 10  # the registry's copy is untouched
+
+
+def test_cli_writes_the_resolved_recipe_to_config_json(cached, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cifarctl.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "airbench94", "--device", "cpu", "--offline", "--max-steps", "1",
+                                      "--no-eval", "--batch-size", "50", "--tta", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["batch_size"] == 50 and config["tta"] == 1          # the flags
+    assert config["lr"] == 11.5 and config["flip"] == "alternate"     # the recipe
+    assert config["schedule_steps"] == 10 * 4 and config["best_selected_on"] == "test"
+
+
+def test_whiten_is_refused_where_it_does_not_apply(cached) -> None:
+    from typer.testing import CliRunner
+
+    from cifarctl.cli import app
+
+    result = CliRunner().invoke(app, ["train", "vgg16", "--whiten", "--offline", "--device", "cpu"])
+    assert result.exit_code == 2 and "whitening stem" in result.output
+
+
+def test_whitening_stem_whitens_the_patches_it_was_computed_from() -> None:
+    torch.manual_seed(0)
+    # Correlated channels, like natural images: the covariance is far from the identity.
+    base = torch.randn(64, 1, 16, 16)
+    images = torch.cat([base, 0.8 * base + 0.2 * torch.randn_like(base), torch.randn(64, 1, 16, 16)], 1)
+    model = create_model("airbench94")
+    model.init_whitening(images, eps=1e-6)
+    patches = image_patches(images, (2, 2))
+    half = model.whiten.weight.shape[0] // 2
+    out = patches @ model.whiten.weight[:half].reshape(half, -1).T
+    covariance = out.T @ out / len(out)
+    assert torch.allclose(covariance, torch.eye(half), atol=2e-3)
+    assert torch.equal(model.whiten.weight[half:], -model.whiten.weight[:half])
+    assert not model.whiten.weight.requires_grad
+
+
+def test_tta_is_the_mean_of_the_explicit_views() -> None:
+    torch.manual_seed(0)
+    model = create_model("airbench94").eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        plain, flipped = model(x), model(x.flip(-1))
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        up_left, down_right = padded[..., :32, :32], padded[..., 2:, 2:]
+        shifted = [model(v) for v in (up_left, up_left.flip(-1), down_right, down_right.flip(-1))]
+        assert torch.allclose(tta_logits(model, x, 0), plain)
+        assert torch.allclose(tta_logits(model, x, 1), (plain + flipped) / 2, atol=1e-6)
+        expected = 0.5 * (plain + flipped) / 2 + 0.5 * sum(shifted) / 4
+        assert torch.allclose(tta_logits(model, x, 2), expected, atol=1e-6)
+    assert torch.equal(up_left[..., 1:, 1:], x[..., :31, :31])  # a one-pixel shift, as claimed
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded() -> None:
+    labels = torch.arange(1000) % 10
+    train_idx, val_idx = validation_split(labels, 100, seed=1)
+    assert len(val_idx) == 100 and len(train_idx) == 900
+    assert not set(train_idx.tolist()) & set(val_idx.tolist())
+    assert torch.bincount(labels[val_idx]).tolist() == [10] * 10
+    assert torch.equal(validation_split(labels, 100, seed=1)[1], val_idx)
+    assert not torch.equal(validation_split(labels, 100, seed=2)[1], val_idx)
+    with pytest.raises(UsageError, match="val-split"):
+        validation_split(labels, 1000, seed=1)
+
+
+def test_val_split_chooses_best_on_validation_and_scores_the_test_set_once(tmp_path: Path) -> None:
+    cfg = TrainConfig(model="resnet50", epochs=2, batch_size=50, device="cpu", eval_batch_size=50, amp=False,
+                      val_split=40)
+    result = train(cfg, tiny_dataset(), tmp_path / "run")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert all("val_acc" in r and "test_acc" not in r for r in epochs)
+    final = [r for r in records if r["type"] == "final"]
+    assert len(final) == 1 and "best_test_acc" in final[0]
+    assert result.test_accuracy == final[0]["test_acc"] and result.best_selected_on == "val"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["best_selected_on"] == "val"
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["global_step"] == 2 * 4  # 160 training images left, batch 50
+
+
+def test_lookahead_pulls_the_weights_to_the_average() -> None:
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = Lookahead(model)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.step(model, 5, 10)            # decay 0.95^5 * 0.5^3
+    decay = 0.95**5 * 0.125
+    assert torch.allclose(model.weight, torch.full((1, 2), 1 - decay))
+    ema.step(model, 6, 10)            # not an update step: untouched
+    assert torch.allclose(model.weight, torch.full((1, 2), 1 - decay))
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    ema.step(model, 10, 10)           # the last step: the weights become the average, unchanged
+    assert torch.allclose(model.weight, torch.full((1, 2), 1 - decay))
+
+
+def _lrs(cfg: TrainConfig, steps_per_epoch: int, model: torch.nn.Module | None = None) -> list[float]:
+    opt = build_optimizer(cfg, model or torch.nn.Linear(2, 2))
+    sched = build_scheduler(cfg, opt, steps_per_epoch)
+    out = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_airbench_lr_schedule_and_groups() -> None:
+    cfg = TrainConfig.for_model("airbench94")
+    model = create_model("airbench94")
+    opt = build_optimizer(cfg, model)
+    groups = {g["name"]: g for g in opt.param_groups}
+    kilostep = 1024 * (1 + 1 / 0.15)
+    base = 11.5 / kilostep * 1024            # the summed-loss lr, for a mean loss
+    assert groups["weights"]["lr"] == pytest.approx(base)
+    assert groups["norm_bias"]["lr"] == pytest.approx(64 * base)
+    decay = 0.0153 * 1024 / kilostep         # the same shrink per step for every group
+    for group in groups.values():
+        assert group["lr"] * group["weight_decay"] == pytest.approx(decay)
+        assert group["momentum"] == 0.85 and group["nesterov"]
+    lrs = [lr / base for lr in _lrs(cfg, 49, model)]
+    ramp = round(0.23 * 490)
+    assert lrs[0] == pytest.approx(0.2) and lrs[ramp] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.07, abs=0.005)
+
+
+def test_onecycle_cycles_momentum_and_skips_decay_on_norms_and_biases() -> None:
+    cfg = TrainConfig.for_model("resnet18", epochs=4)
+    model = create_model("resnet18")
+    opt = build_optimizer(cfg, model)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["weights"]["weight_decay"] == 5e-4
+    assert groups["norm_bias"]["weight_decay"] == 0 and groups["other_bias"]["weight_decay"] == 0
+    sched = build_scheduler(cfg, opt, 10)
+    seen = []
+    for _ in range(40):
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
+        opt.step()
+        sched.step()
+    assert seen[0] == (pytest.approx(0.4 / 25), pytest.approx(0.9))
+    peak = max(range(40), key=lambda i: seen[i][0])
+    assert peak == 9 and seen[peak][0] == pytest.approx(0.4) and seen[peak][1] == pytest.approx(0.9 * 0.85 / 0.95)
+    assert seen[-1][0] < 1e-3 and seen[-1][1] > 0.89
+
+
+def test_norm_weight_decay_flag_sets_the_norm_group() -> None:
+    cfg = TrainConfig(model="resnet18", optimizer="sgd", weight_decay=5e-4, norm_weight_decay=1e-5)
+    groups = {g["name"]: g for g in build_optimizer(cfg, create_model("resnet18")).param_groups}
+    assert groups["norm_bias"]["weight_decay"] == 1e-5 and groups["weights"]["weight_decay"] == 5e-4
+    names = {name: len(params) for name, params in parameter_groups(create_model("resnet18"))}
+    assert names == {"weights": 21, "norm_bias": 20, "other_bias": 21}  # 20 convs + fc; 20 BN; 20 BN weights + fc bias
+
+
+def test_warmup_ramps_then_cosine_starts_at_the_peak() -> None:
+    lrs = _lrs(TrainConfig(model="vgg16", epochs=10, lr=1.0, lr_schedule="cosine", warmup_epochs=1), 10)
+    assert lrs[0] == pytest.approx(0.01) and lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5, abs=0.02) and lrs[-1] < 0.01
+
+
+def test_train_evaluates_in_fp32_by_default(tmp_path: Path) -> None:
+    from cifarctl.engine.device import autocast_dtype
+
+    model_dtypes: list[torch.dtype] = []
+    cfg = TrainConfig(model="resnet50", epochs=1, max_steps=1, batch_size=50, device="cpu", amp=True)
+    trainer = Trainer(cfg, tiny_dataset(), tmp_path / "run")
+    trainer.model.fc.register_forward_hook(
+        lambda module, args, out: model_dtypes.append(out.dtype) if not module.training else None)
+    result = trainer.run()
+    assert model_dtypes and set(model_dtypes) == {torch.float32}
+    assert trainer.cast == autocast_dtype(torch.device("cpu"), True)  # training itself may be bf16
+    again = evaluate("resnet50", tmp_path / "run" / "last.pt", tiny_dataset(), device="cpu", batch_size=500)
+    assert again.accuracy == result.test_accuracy and again.loss == pytest.approx(result.test_loss, rel=1e-5)
