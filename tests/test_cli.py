@@ -191,3 +191,42 @@ def test_train_bare_ckpt_starts_from_the_newest(runner: CliRunner, cached, home:
     second = runner.invoke(app, ["train", "resnet50", "--ckpt", "--max-steps", "1", "--no-eval", *FAST, "--offline"])
     assert second.exit_code == 0, second.output
     assert "initialising resnet50 from" in second.output and "last.pt" in second.output
+
+
+def test_models_lists_every_model_with_its_recipe(runner: CliRunner) -> None:
+    from cifarctl.models import list_models
+
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == set(list_models())
+    assert rows["airbench94"]["params"] == 1_972_792 and rows["resnet50"]["macs"] == 92_727_296
+    assert "nesterov sgd lr 11.5 per 1024" in rows["airbench94"]["recipe"] and "2404.00498" in rows["airbench94"]["reference"]
+    table = runner.invoke(app, ["models"])
+    assert table.exit_code == 0 and "the course's recipe" in table.output
+
+
+def test_resume_takes_the_data_and_model_from_the_run(runner: CliRunner, home: Path, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    monkeypatch.setattr("cifarctl.cli.data.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
+    run = tmp_path / "run"
+    first = runner.invoke(app, ["train", "resnet50", "--data", "fake", "--epochs", "1", "--max-steps", "1",
+                                "--no-eval", *FAST, "--out", str(run)])
+    assert first.exit_code == 0, first.output
+    # No dataset in this home, and --offline: resuming works only if the run's own --data fake is used.
+    resumed = runner.invoke(app, ["train", "resnet50", "--resume", str(run), "--offline", "--max-steps", "2",
+                                  "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["global_step"] == 2
+    wrong_model = runner.invoke(app, ["train", "vgg16", "--resume", str(run)])
+    assert wrong_model.exit_code == 2 and "is a resnet50 run, not vgg16" in wrong_model.output
+    changed = runner.invoke(app, ["train", "resnet50", "--resume", str(run), "--lr", "0.1"])
+    assert changed.exit_code == 2 and "--lr cannot change" in changed.output
+    # An --out run is listed by `runs` and found by a bare --resume.
+    listed = json.loads(runner.invoke(app, ["runs", "--json"]).stdout)
+    assert [r["path"] for r in listed] == [str(run.resolve())] and listed[0]["best_selected_on"] == "test"
+    again = runner.invoke(app, ["train", "resnet50", "--resume", "--offline", "--max-steps", "4", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["global_step"] == 4  # one epoch of 200 images, batch 50: finished
+    finished = runner.invoke(app, ["train", "resnet50", "--resume", "--offline"])
+    assert finished.exit_code == 0 and "already finished" in finished.output and "nan" not in finished.output

@@ -32,6 +32,21 @@ def test_official_archive_with_wrong_md5_is_refused(home: Path, official_archive
     assert not (home / "cache" / "cifar10").exists()
 
 
+def test_a_users_own_tarball_of_the_batches_folder_is_accepted(home: Path, batches_dir: Path, tmp_path: Path) -> None:
+    # Not the official archive (its md5 differs): it is read as the folder it holds, not refused.
+    for name in ("mine.tar.gz", "mine.zip"):
+        archive = tmp_path / name
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(archive, "w") as zf:
+                for f in batches_dir.iterdir():
+                    zf.write(f, f"cifar-10-batches-py/{f.name}")
+        else:
+            with tarfile.open(archive, "w:gz") as tar:
+                tar.add(batches_dir, arcname="cifar-10-batches-py")
+        data = read_source(archive)
+        assert np.array_equal(data.train_images.numpy(), read_source(batches_dir).train_images.numpy())
+
+
 def test_extracted_batches_folder_and_its_parent(home: Path, batches_dir: Path) -> None:
     a = read_source(batches_dir)
     b = read_source(batches_dir.parent)

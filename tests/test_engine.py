@@ -7,6 +7,7 @@ import torch
 
 from cifarctl.engine import TrainConfig, TrainingInterrupted, evaluate, load_checkpoint, resume, train
 from cifarctl.errors import CifarctlError, UsageError
+from cifarctl.models import create_model
 from cifarctl.progress import NullProgress
 
 from conftest import tiny_dataset
@@ -88,12 +89,17 @@ def test_existing_run_folder_is_not_overwritten(tmp_path: Path) -> None:
 def test_init_from_a_course_state_dict(tmp_path: Path) -> None:
     from cifarctl.models import create_model
 
+    from cifarctl.engine.train import Trainer
+
+    torch.manual_seed(123)  # not the run's seed: the init must come from the file, not from the seed
     course = create_model("resnet50")
     torch.save(course.state_dict(), tmp_path / "resnet50_285.pt")
     cfg = TrainConfig(epochs=1, max_steps=1, eval=False, init_ckpt=str(tmp_path / "resnet50_285.pt"), **FAST)
-    train(cfg, tiny_dataset(), tmp_path / "run")
+    trainer = Trainer(cfg, tiny_dataset(), tmp_path / "run")
+    before = trainer.model.state_dict()
+    assert all(torch.equal(before[k], v) for k, v in course.state_dict().items())  # weights before step 1
+    trainer.run()
     after = _weights(tmp_path / "run" / "last.pt")
-    assert torch.equal(after["layer1.1.running_mean"] * 0, course.state_dict()["layer1.1.running_mean"] * 0)
     assert not torch.equal(after["fc.weight"], course.state_dict()["fc.weight"])  # one step was taken from it
 
 
@@ -104,9 +110,16 @@ def test_init_from_a_course_state_dict(tmp_path: Path) -> None:
     dict(amp=True),  # bf16 where this CPU has it natively, fp32 elsewhere
 ])
 def test_recipes_run(tmp_path: Path, recipe: dict) -> None:
-    result = train(TrainConfig(epochs=1, max_steps=2, eval=False, **{**FAST, **recipe}), tiny_dataset(),
-                   tmp_path / "run")
+    cfg = TrainConfig(epochs=1, max_steps=2, eval=False, **{**FAST, **recipe})
+    result = train(cfg, tiny_dataset(), tmp_path / "run")
     assert result.global_step == 2
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    groups = state["optimizer"]["param_groups"]
+    assert {g["name"] for g in groups} == {"weights", "norm_bias", "other_bias"}
+    decay = {g["name"]: g["weight_decay"] for g in groups}
+    assert decay["weights"] == cfg.weight_decay and decay["norm_bias"] == decay["other_bias"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not all(torch.equal(v, create_model("resnet50").state_dict()[k]) for k, v in state["model"].items())
 
 
 def test_bad_settings_are_usage_errors() -> None:
@@ -130,11 +143,11 @@ def test_schedules_shape() -> None:
     from cifarctl.engine.schedule import build_optimizer, build_scheduler
 
     def lrs(**kw) -> list[float]:
-        cfg = TrainConfig(model="vgg16", epochs=10, lr=1.0, **kw)
-        opt = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+        cfg = TrainConfig(**{"model": "vgg16", "epochs": 10, "lr": 1.0, **kw})
+        opt = build_optimizer(cfg, torch.nn.Linear(1, 1))
         sched = build_scheduler(cfg, opt, steps_per_epoch=10)
         out = []
-        for _ in range(100):
+        for _ in range(cfg.epochs * 10):
             out.append(opt.param_groups[0]["lr"])
             opt.step()
             sched.step()
@@ -143,4 +156,40 @@ def test_schedules_shape() -> None:
     one = lrs(lr_schedule="onecycle")
     assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0, abs=1e-3) and one[-1] < 1e-3
     assert lrs(lr_schedule="cosine")[50] == pytest.approx(0.5, abs=0.02)
-    assert lrs(lr_schedule="none", warmup_epochs=1)[4] == pytest.approx(0.5)
+    warm = lrs(lr_schedule="none", warmup_epochs=1)
+    assert warm[0] == pytest.approx(0.01) and warm[5] == pytest.approx(0.01 + 0.99 * 0.5) and warm[10:] == [1.0] * 90
+    step = lrs(lr_schedule="step", epochs=50)
+    assert step[199] == 1.0 and step[200] == pytest.approx(1 / 3) and step[400] == pytest.approx(1 / 9)
+
+
+def test_lengthening_a_finished_schedule_continues_at_its_final_lr(tmp_path: Path) -> None:
+    data = tiny_dataset()
+    cfg = TrainConfig(epochs=2, optimizer="sgd", lr=0.1, lr_schedule="onecycle", eval=False, **FAST)
+    train(cfg, data, tmp_path / "run")
+    resume(tmp_path / "run", data, {"epochs": 4})
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+           if r["type"] == "step"]
+    assert len(lrs) == 16 and max(lrs[8:]) <= lrs[7] < 1e-4  # no jump back up the curve
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["schedule_steps"] == 8
+
+
+def test_resume_refuses_settings_that_shaped_the_run(tmp_path: Path) -> None:
+    from cifarctl.engine.train import resume_config
+
+    data = tiny_dataset()
+    train(TrainConfig(epochs=2, max_steps=1, eval=False, **FAST), data, tmp_path / "run")
+    with pytest.raises(UsageError, match=r"--batch-size, --lr cannot change"):
+        resume(tmp_path / "run", data, {"lr": 0.5, "batch_size": 10, "epochs": 3})
+    with pytest.raises(UsageError, match="is a resnet50 run, not vgg16"):
+        resume_config(tmp_path / "run", "vgg16")
+    assert resume_config(tmp_path / "run", "resnet50", {"epochs": 3, "lr": 1e-3}).epochs == 3  # same lr: fine
+
+
+def test_resuming_a_finished_run_returns_its_stored_results(tmp_path: Path) -> None:
+    data = tiny_dataset()
+    first = train(TrainConfig(epochs=1, **FAST), data, tmp_path / "run")
+    notes: list[str] = []
+    again = resume(tmp_path / "run", data, notify=notes.append)
+    assert again.finished_before and "already finished" in notes[0]
+    assert again.test_accuracy == first.test_accuracy and again.train_loss == first.train_loss
+    assert again.global_step == first.global_step

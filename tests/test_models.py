@@ -43,6 +43,40 @@ def test_vgg16_keys_match_the_course_file() -> None:
     assert keys == expected
 
 
+def _course_resnet50_layout() -> dict[str, tuple[int, ...]]:
+    """Every state_dict entry of the course's ResNet50_layer4 and its shape, written from the course text.
+
+    conv1x1/conv3x3 are Sequential(Conv2d with bias, BatchNorm2d, ReLU); a block is ``layer`` (1x1,
+    3x3, 1x1 units) plus ``downsize`` (the last block of layer2 and layer3) or ``make_equal_channel``.
+    """
+    def unit(prefix: str, cin: int, cout: int, k: int) -> dict[str, tuple[int, ...]]:
+        return {f"{prefix}.0.weight": (cout, cin, k, k), f"{prefix}.0.bias": (cout,),
+                **{f"{prefix}.1.{p}": (cout,) for p in ("weight", "bias", "running_mean", "running_var")},
+                f"{prefix}.1.num_batches_tracked": ()}
+
+    layout = {"layer1.0.weight": (64, 3, 7, 7), "layer1.0.bias": (64,),
+              **{f"layer1.1.{p}": (64,) for p in ("weight", "bias", "running_mean", "running_var")},
+              "layer1.1.num_batches_tracked": ()}
+    stages = {"layer2": (64, 64, 256, 3, True), "layer3": (256, 128, 512, 4, True), "layer4": (512, 256, 1024, 6, False)}
+    for stage, (cin, mid, cout, blocks, downsample_last) in stages.items():
+        for b in range(blocks):
+            first_in = cin if b == 0 else cout
+            p = f"{stage}.{b}"
+            layout |= unit(f"{p}.layer.0", first_in, mid, 1) | unit(f"{p}.layer.1", mid, mid, 3)
+            layout |= unit(f"{p}.layer.2", mid, cout, 1)
+            shortcut = "downsize" if downsample_last and b == blocks - 1 else "make_equal_channel"
+            layout |= unit(f"{p}.{shortcut}", first_in, cout, 1)
+    layout |= {"fc.weight": (10, 1024), "fc.bias": (10,)}
+    return layout
+
+
+def test_resnet50_keys_and_shapes_match_the_course_layout() -> None:
+    expected = _course_resnet50_layout()
+    actual = {k: tuple(v.shape) for k, v in create_model("resnet50").state_dict().items()}
+    assert list(actual) == list(expected)  # the order too: the course's file lists them so
+    assert actual == expected and len(expected) == 373
+
+
 def test_resnet50_block_layout() -> None:
     sd = create_model("resnet50").state_dict()
     assert sd["layer1.0.weight"].shape == (64, 3, 7, 7)

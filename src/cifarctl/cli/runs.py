@@ -18,7 +18,10 @@ def runs(
     model: Annotated[Optional[str], typer.Argument(help="Only this model's runs.")] = None,
     json_output: Json = False,
 ) -> None:
-    """List cached runs: model, epochs, best test accuracy and folder (newest last).
+    """List runs: model, epochs, best and last test accuracy, and folder (newest last).
+
+    Runs trained with --out elsewhere are listed too (they are recorded in the runs index).
+    "chosen on" says which split picked best.pt: test (the default) or val (--val-split).
 
     Examples:
 
@@ -35,12 +38,12 @@ def runs(
         return
     table = Table(show_edge=False, header_style="bold")
     for column, justify in (("model", "left"), ("epochs", "right"), ("steps", "right"), ("best acc", "right"),
-                            ("last acc", "right"), ("modified", "left"), ("folder", "left")):
+                            ("chosen on", "left"), ("last acc", "right"), ("modified", "left"), ("folder", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for r in found:
         planned = f"/{r.planned_epochs}" if r.planned_epochs else ""
         table.add_row(r.model, f"{r.epochs:g}{planned}", f"{r.global_step:,}",
-                      f"{r.best_accuracy:.2f}%" if r.best_accuracy is not None else "-",
+                      f"{r.best_accuracy:.2f}%" if r.best_accuracy is not None else "-", r.best_selected_on,
                       f"{r.last_accuracy:.2f}%" if r.last_accuracy is not None else "-",
                       r.modified.strftime("%Y-%m-%d %H:%M"), str(r.path))
     out_console().print(table)

@@ -176,7 +176,10 @@ def is_official_archive(path: Path) -> bool:
 def read_source(path: Path, expected_md5: str | None = None, progress: Progress | None = None) -> CIFAR10:
     """Read CIFAR-10 from ``path`` (any accepted layout, see the module docstring).
 
-    ``expected_md5`` (default: the official archive's) is checked for the official archive only.
+    ``expected_md5`` (default: the official archive's) is checked for the official archive only:
+    a file named ``cifar-10-python.tar.gz`` (or any file when ``expected_md5`` is given) that is laid
+    out as the official one. A user's own tarball of an extracted ``cifar-10-batches-py`` folder is
+    read like the folder (its batches are checked as they are parsed).
     """
     progress = progress or NullProgress()
     path = Path(path).expanduser()
@@ -192,7 +195,7 @@ def read_source(path: Path, expected_md5: str | None = None, progress: Progress 
             return _collect(_iter_zip(path, progress), label)
         except zipfile.BadZipFile as exc:
             raise DatasetError(f"{path} is not a readable zip archive ({exc})") from None
-    if is_official_archive(path):
+    if (expected_md5 or path.name == ARCHIVE_NAME) and is_official_archive(path):
         verify_md5(path, expected_md5 or ARCHIVE_MD5)
     try:
         return _collect(_iter_tar(path, progress), label)

@@ -107,9 +107,11 @@ def load_weights(model: nn.Module, model_name: str, checkpoint: dict[str, Any], 
 
 
 def find_latest(model_name: str, file: str = "last.pt") -> Path:
-    """The newest ``file`` of ``model_name``'s runs under the checkpoints root."""
+    """The newest ``file`` of ``model_name``'s runs (under the checkpoints root, or indexed ``--out`` runs)."""
+    from cifarctl.engine.runs import run_checkpoints
+
     root = paths.runs_root() / model_name
-    candidates = sorted(root.glob(f"*/{file}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    candidates = sorted(run_checkpoints(model_name, file), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise CheckpointError(f"no {model_name} checkpoint under {root}: train one with "
                               f"`cifarctl train {model_name}` or pass --ckpt FILE")

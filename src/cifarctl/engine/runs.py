@@ -1,4 +1,9 @@
-"""List the run folders under the checkpoints root, from their config.json and metrics.jsonl."""
+"""List the run folders, from their config.json and metrics.jsonl.
+
+Runs live under the checkpoints root (``<runs>/<model>/<timestamp>``), except those given ``--out``:
+those are recorded in ``<runs>/index.txt`` (one absolute path a line) so that ``runs``, a bare
+``--ckpt`` and a bare ``--resume`` find them too.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,45 @@ from datetime import datetime
 from pathlib import Path
 
 from cifarctl import paths
+from cifarctl.atomic import write_text
 from cifarctl.engine.metrics import MetricsLog
+
+INDEX = "index.txt"
+
+
+def indexed_runs() -> list[Path]:
+    """Run folders recorded in the index (``--out`` runs outside the runs root) that still exist."""
+    try:
+        lines = (paths.runs_root() / INDEX).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    return [Path(line) for line in dict.fromkeys(lines) if line and Path(line).is_dir()]
+
+
+def register_run(run_dir: Path) -> None:
+    """Record ``run_dir`` in the index unless it lies under the runs root (found there anyway)."""
+    run_dir = Path(run_dir).resolve()
+    root = paths.runs_root().resolve()
+    if run_dir.is_relative_to(root) or run_dir in indexed_runs():
+        return
+    known = [str(p) for p in indexed_runs()]
+    write_text(root / INDEX, "\n".join([*known, str(run_dir)]) + "\n")
+
+
+def run_checkpoints(model: str | None = None, file: str = "last.pt") -> list[Path]:
+    """Every run's ``file`` (under the root, and indexed), of ``model`` if given."""
+    found = list(paths.runs_root().glob(f"{model or '*'}/*/{file}"))
+    for folder in indexed_runs():
+        if (folder / file).is_file() and (model is None or _run_model(folder) == model):
+            found.append(folder / file)
+    return found
+
+
+def _run_model(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 @dataclass
@@ -23,19 +66,25 @@ class RunInfo:
     best_accuracy: float | None
     last_accuracy: float | None
     modified: datetime
+    best_selected_on: str = "test"   # the split whose accuracy chose best.pt ("val" with --val-split)
+    val_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"model": self.model, "path": str(self.path), "epochs": self.epochs,
                 "planned_epochs": self.planned_epochs, "global_step": self.global_step,
                 "best_accuracy": self.best_accuracy, "last_accuracy": self.last_accuracy,
+                "best_selected_on": self.best_selected_on, "val_accuracy": self.val_accuracy,
                 "modified": self.modified.isoformat(timespec="seconds")}
 
 
 def list_runs(model: str | None = None) -> list[RunInfo]:
-    """Runs with a checkpoint, oldest first; ``model`` keeps only that model's runs."""
-    root = paths.runs_root()
+    """Runs with a checkpoint, oldest first; ``model`` keeps only that model's runs.
+
+    ``last_accuracy`` is the test accuracy of ``last.pt``; ``best_accuracy`` the best test accuracy
+    among evaluations (with --val-split: ``best.pt``'s, scored once at the end).
+    """
     runs = []
-    for last in sorted(root.glob(f"{model or '*'}/*/last.pt")):
+    for last in sorted(run_checkpoints(model)):
         folder = last.parent
         try:
             config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -43,13 +92,18 @@ def list_runs(model: str | None = None) -> list[RunInfo]:
             config = {}
         records = MetricsLog(folder / "metrics.jsonl").read_safe()
         epochs = [r for r in records if r.get("type") == "epoch"]
-        accuracies = [r["test_acc"] for r in epochs if r.get("test_acc") is not None]
+        scored = [r for r in records if r.get("type") in ("epoch", "final")]
+        accuracies = [r["test_acc"] for r in scored if r.get("test_acc") is not None]
+        final = next((r for r in reversed(records) if r.get("type") == "final"), {})
+        vals = [r["val_acc"] for r in epochs if r.get("val_acc") is not None]
         runs.append(RunInfo(
             model=config.get("model", folder.parent.name), path=folder,
             epochs=epochs[-1]["epoch"] if epochs else 0.0, planned_epochs=config.get("epochs"),
             global_step=max((int(r.get("global_step", 0)) for r in records), default=0),
-            best_accuracy=max(accuracies) if accuracies else None,
+            best_accuracy=final.get("best_test_acc", max(accuracies) if accuracies else None),
             last_accuracy=accuracies[-1] if accuracies else None,
             modified=datetime.fromtimestamp(last.stat().st_mtime),
+            best_selected_on=config.get("best_selected_on", "test"),
+            val_accuracy=vals[-1] if vals else None,
         ))
     return sorted(runs, key=lambda r: r.modified)

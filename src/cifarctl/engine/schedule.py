@@ -94,12 +94,14 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
     ramp = min(ramp, total - 1)
     start = cfg.lr_start_factor if cfg.lr_start_factor is not None else START_FACTOR.get(kind, WARMUP_START)
     end = cfg.lr_end_factor if cfg.lr_end_factor is not None else END_FACTOR.get(kind, 1.0)
-    if kind == "onecycle":
+    # OneCycleLR needs two steps in each of its phases; shorter runs get a plain ramp (below).
+    if kind == "onecycle" and total >= 4:
+        ramp = min(max(ramp, 2), total - 2)
         sgd = isinstance(optimizer, torch.optim.SGD)
         top = cfg.momentum if sgd else optimizer.defaults["betas"][0]  # Adam cycles its beta1
         return lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-            pct_start=max(ramp, 1) / total, anneal_strategy="cos", div_factor=1 / start,
+            pct_start=ramp / total, anneal_strategy="cos", div_factor=1 / start,
             final_div_factor=start / end, cycle_momentum=top > 0, max_momentum=top,
             base_momentum=top * ONECYCLE_MOMENTUM_LOW)
     if kind == "triangle":

@@ -30,6 +30,7 @@ from cifarctl.engine.config import TrainConfig
 from cifarctl.engine.device import autocast_dtype, resolve_device
 from cifarctl.engine.evaluate import EvalResult, evaluate_model
 from cifarctl.engine.metrics import MetricsLog, RunningMetrics
+from cifarctl.engine.runs import register_run
 from cifarctl.engine.ema import Lookahead
 from cifarctl.engine.evaluate import tta_logits  # noqa: F401  (re-exported for notebooks)
 from cifarctl.engine.schedule import build_optimizer, build_scheduler, schedule_steps
@@ -405,6 +406,7 @@ class Trainer:
         cfg = self.cfg
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            register_run(self.run_dir)
             write_text(self.run_dir / "config.json", json.dumps(
                 {**cfg.to_dict(), "world_size": self.dist.world_size, "best_selected_on": self.best_selected_on},
                 indent=2) + "\n")
