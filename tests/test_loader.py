@@ -21,6 +21,48 @@ def test_augment_equals_torchvision_crop_then_flip() -> None:
         assert torch.equal(out[i], expected)
 
 
+def test_reflect_translate_equals_torchvision_reflect_crop() -> None:
+    images = tiny_dataset().train_images[:16].permute(0, 3, 1, 2)
+    gen = torch.Generator().manual_seed(4)
+    dx, dy = torch.randint(0, 5, (16,), generator=gen), torch.randint(0, 5, (16,), generator=gen)
+    flip = torch.randint(0, 2, (16,), generator=gen).bool()
+    out = augment_batch(images, dx, dy, flip, pad=2, pad_mode="reflect")
+    for i in range(16):
+        padded = TF.pad(images[i].float(), [2, 2, 2, 2], padding_mode="reflect").to(torch.uint8)
+        expected = TF.crop(padded, int(dy[i]), int(dx[i]), 32, 32)
+        if flip[i]:
+            expected = TF.horizontal_flip(expected)
+        assert torch.equal(out[i], expected)
+
+
+def test_alternating_flip_inverts_every_image_each_epoch() -> None:
+    data = tiny_dataset()
+    loader = DeviceLoader(data.train_images, data.train_labels, 200, "cpu", train=True, seed=1, translate=0,
+                          flip="alternate")
+    views = []
+    for epoch in range(3):
+        order, _ = loader._epoch_plan(epoch)
+        x, _ = next(loader.epoch(epoch))
+        views.append(x[order.argsort()])  # back in dataset order
+    assert torch.equal(views[1], views[0].flip(-1)) and torch.equal(views[2], views[0])
+    plain = normalize(data.train_images.permute(0, 3, 1, 2))
+    flipped = (views[0] != plain).flatten(1).any(1)
+    assert 0 < int(flipped.sum()) < 200  # epoch 0: a random half, not all or none
+
+
+def test_normalisation_constants_are_made_once_per_loader(monkeypatch) -> None:
+    data = tiny_dataset()
+    loader = DeviceLoader(data.train_images, data.train_labels, 50, "cpu", train=True, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+    def made_again(*args, **kwargs):
+        raise AssertionError("normalisation constants were built inside the batch loop")
+
+    monkeypatch.setattr("cifarctl.data.loader._constants", made_again)
+    monkeypatch.setattr("torch.tensor", made_again)
+    x, _ = next(loader.epoch(0))
+    assert x.min() >= -2 and x.max() <= 2  # (v/255 - 0.5) / 0.25 lies in [-2, 2]: the loader's own constants
+
+
 def test_normalize_matches_to_tensor_and_normalize() -> None:
     images = tiny_dataset().test_images[:8]
     course = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])

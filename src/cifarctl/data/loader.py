@@ -137,9 +137,9 @@ class DeviceLoader:
             torch.randint(0, shifts, (n,), generator=gen),  # dy
             torch.randint(0, 2, (n,), generator=gen),       # flip
         ])
-        if self.flip == "alternate":  # a fixed bit per image, inverted every other epoch
+        if self.flip == "alternate":  # one bit per image (indexed by image, not position), inverted on odd epochs
             base = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(epoch_seed(self.seed, -1000)))
-            aug[2] = base ^ (epoch % 2)
+            aug[2] = base[order] ^ (epoch % 2)
         elif self.flip == "none":
             aug[2] = 0
         # Every rank draws the same global plan and takes its own stride of it: disjoint shards.

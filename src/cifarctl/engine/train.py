@@ -189,11 +189,16 @@ class Trainer:
         return "val" if self.val_loader is not None else "test"
 
     def _init_whitening(self, images: torch.Tensor) -> None:
-        """Set the model's whitening stem from the first training images (normalised, not augmented)."""
+        """Set the model's whitening stem from a seeded sample of training images (normalised, not augmented).
+
+        A random sample, not the first images: a dataset imported from class folders is sorted by class.
+        """
         init = getattr(self.model, "init_whitening", None)
         if init is None:
             raise UsageError(f"--whiten applies to models with a whitening stem (airbench94), not {self.cfg.model}")
-        sample = images[:WHITENING_IMAGES].permute(0, 3, 1, 2).to(self.device)
+        gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, -3000))
+        pick = torch.randperm(len(images), generator=gen)[:WHITENING_IMAGES]
+        sample = images[pick].permute(0, 3, 1, 2).to(self.device)
         init(normalize(sample, mean=self.cfg.mean, std=self.cfg.std))
 
     def _set_whitening_bias(self) -> None:
