@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One device session (a lent GPU): the card's bf16 matmul ceiling, the CUDA loader test, the
-# side-by-side benchmarks for vgg16 and resnet50 (eager, then compiled), and one CLI epoch on CUDA.
+# side-by-side benchmarks for vgg16 and resnet50 (eager, then compiled), one CLI epoch on CUDA, a
+# check that a training step never syncs with the host, and (with the real images carried in .data/)
+# time to accuracy for airbench94 (goal: 94% in 5 s of training), resnet18 and vgg16_bn.
 # Run from the repository root with platformdirs carried as a wheel in .whl/ (the image lacks it).
 set -uo pipefail
 out=${OUT:-/tmp/cifarctl-gpu}; mkdir -p "$out"
@@ -33,3 +35,32 @@ for model in vgg16 resnet50; do
 done
 CIFARCTL_HOME=/tmp/cifarctl-home python3 -m cifarctl train resnet50 --data fake --epochs 1 --device cuda --json \
   > "$out/cli_epoch.json" 2> "$out/cli_epoch.err"; tail -c 600 "$out/cli_epoch.json"
+# No host synchronisation inside a CUDA training step (normalisation constants are made once per
+# loader, metrics stay on the device): torch raises on any syncing op in "error" mode.
+python3 - <<'PY'
+import tempfile, torch
+from cifarctl.data import fake_cifar10
+from cifarctl.engine import TrainConfig
+from cifarctl.engine.train import Trainer
+trainer = Trainer(TrainConfig.for_model("airbench94", device="cuda", epochs=1), fake_cifar10(4096, 512),
+                  __import__("pathlib").Path(tempfile.mkdtemp()))
+batches = trainer.train_loader.epoch(0)
+x, y = next(batches)
+trainer._train_step(x, y); torch.cuda.synchronize()
+torch.cuda.set_sync_debug_mode("error")
+for _ in range(3):
+    x, y = next(batches)
+    trainer.global_step += 1
+    trainer._train_step(x, y)
+torch.cuda.set_sync_debug_mode(0); torch.cuda.synchronize()
+print("no host sync in 3 airbench94 training steps (batch and step)")
+PY
+# Time to accuracy on the real images, where .data/cifar10-images.tar.gz (an ignored path) was carried.
+if [ -f .data/cifar10-images.tar.gz ]; then
+  export CIFARCTL_HOME=/tmp/cifarctl-real
+  tar -xzf .data/cifar10-images.tar.gz -C /tmp && python3 -m cifarctl download --from /tmp/cifar10-images
+  python3 bench/time_to_accuracy.py airbench94 --device cuda --seeds 0 1 2 | tee "$out/tta_airbench94.txt"
+  for model in resnet18 vgg16_bn; do
+    python3 bench/time_to_accuracy.py "$model" --device cuda | tee "$out/tta_$model.txt"
+  done
+fi

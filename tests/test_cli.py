@@ -160,7 +160,8 @@ def test_runs_lists_runs_and_plots(runner: CliRunner, cached, home: Path, tmp_pa
     assert (tmp_path / "r" / "curves.png").read_bytes()[:4] == b"\x89PNG"
     runner.invoke(app, ["train", "resnet50", "--max-steps", "1", "--no-eval", *FAST, "--offline"])
     listed = json.loads(runner.invoke(app, ["runs", "resnet50", "--json"]).stdout)
-    assert len(listed) == 1 and listed[0]["global_step"] == 1  # --out runs outside the root are not listed
+    # Oldest first; the --out run outside the root is listed too (from the runs index).
+    assert [r["global_step"] for r in listed] == [4, 1] and listed[0]["path"] == str((tmp_path / "r").resolve())
     table = runner.invoke(app, ["runs"])
     assert table.exit_code == 0 and "resnet50" in table.output
     plot = tmp_path / "confusion.png"
