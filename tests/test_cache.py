@@ -71,15 +71,34 @@ def test_damaged_file_is_detected(home: Path) -> None:
         load_cifar10()
 
 
-def test_flipped_byte_is_caught_by_verify(home: Path) -> None:
+def _flip(path: Path, offset: int = -1) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_flipped_byte_in_the_train_split_is_caught_by_verify(home: Path) -> None:
     write_cache(tiny_dataset())
-    target = paths.dataset_dir() / "test_images.npy"
-    raw = bytearray(target.read_bytes())
-    raw[-1] ^= 0xFF
-    target.write_bytes(bytes(raw))
-    load_cifar10()  # sizes still match: a fast load does not hash
+    _flip(paths.dataset_dir() / "train_images.npy")
+    load_cifar10()  # sizes still match: a plain load does not hash the 150 MB train split
     with pytest.raises(DatasetError, match="checksum"):
         load_cifar10(verify=True)
+
+
+@pytest.mark.parametrize("name", ["test_images.npy", "test_labels.npy"])
+def test_the_test_split_is_always_checked(home: Path, name: str) -> None:
+    write_cache(tiny_dataset())
+    _flip(paths.dataset_dir() / name)  # same size, one changed image or label
+    with pytest.raises(DatasetError, match=rf"{name} is damaged \(size or checksum differs"):
+        load_cifar10()
+
+
+@pytest.mark.parametrize("offset", [40, 120, -30])
+def test_a_flipped_byte_in_the_manifest_is_caught(home: Path, offset: int) -> None:
+    write_cache(tiny_dataset())
+    _flip(paths.dataset_dir() / "manifest.json", offset)
+    with pytest.raises(DatasetError, match="manifest|unreadable|damaged"):
+        load_cifar10()
 
 
 def test_second_import_does_nothing_unless_forced(home: Path, batches_dir: Path) -> None:

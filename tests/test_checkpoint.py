@@ -61,15 +61,26 @@ def test_partial_mismatch_lists_keys(tmp_path: Path) -> None:
 
 
 def test_shape_mismatch_is_named() -> None:
-    sd = create_model("vgg16", num_classes=100).state_dict()
-    with pytest.raises(CheckpointError, match=r"classifier\.5\.weight has shape \[100, 512\]"):
+    sd = create_model("vgg16").state_dict()
+    sd["features.0.weight"] = torch.zeros(64, 1, 3, 3)
+    with pytest.raises(CheckpointError, match=r"features\.0\.weight has shape \[64, 1, 3, 3\], the model expects"):
         load_weights(create_model("vgg16"), "vgg16", {"model": sd}, "w.pt")
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
-def test_garbage_is_one_error(tmp_path: Path, content: bytes) -> None:
+def test_another_number_of_classes_is_said_so() -> None:
+    sd = create_model("vgg16", num_classes=100).state_dict()
+    with pytest.raises(CheckpointError, match=r"trained for 100 classes; vgg16 here has 10 \(classifier\.5\.weight"):
+        load_weights(create_model("vgg16"), "vgg16", {"model": sd}, "w.pt")
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "is empty"),
+    (b"not a checkpoint at all", "is not a checkpoint"),
+    (b"PK\x03\x04garbage", "truncated or damaged"),
+])
+def test_garbage_is_one_error(tmp_path: Path, content: bytes, words: str) -> None:
     (tmp_path / "bad.pt").write_bytes(content)
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=words):
         load_checkpoint(tmp_path / "bad.pt")
 
 

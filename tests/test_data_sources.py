@@ -89,7 +89,8 @@ def test_archive_members_never_write_outside(tmp_path: Path, image_tree: Path) -
         info = tarfile.TarInfo("../../escaped.txt")
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))
-    read_source(archive)
+    with pytest.raises(DatasetError, match=r"member outside its root \('\.\./\.\./escaped\.txt'\)"):
+        read_source(archive)
     assert not (tmp_path.parent / "escaped.txt").exists()
     assert not (tmp_path / "escaped.txt").exists()
 

@@ -36,8 +36,13 @@ def download(
     info = result.cache
     counts = f"{info.train:,} train + {info.test:,} test images"
     if result.action == "present":
-        out_console().print(f"CIFAR-10 is already in {info.path} ({counts}); nothing to do (--force rebuilds it)")
+        skipped = f"; {source} was not read" if source is not None else ""
+        out_console().print(f"CIFAR-10 is already in {info.path} ({counts}, checksums verified){skipped}; "
+                            "nothing to do (--force rebuilds it)")
     else:
         kept = f" (archive kept in {result.archive.parent})" if result.action == "downloaded" and result.archive else ""
         out_console().print(f"[green]CIFAR-10 is ready[/] in {info.path}: {counts}, {result.action} from "
                             f"{info.source}{kept}")
+        if result.converted:
+            modes = ", ".join(f"{n:,} {mode}" for mode, n in sorted(result.converted.items()))
+            out_console().print(f"{sum(result.converted.values()):,} images were converted to 8-bit RGB ({modes})")

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cifarctl.cli.data import load_data
-from cifarctl.cli.options import NEWEST, BatchSize, DataChoice, Device, Json, Offline
+from cifarctl.cli.options import NEWEST, BatchSize, DataChoice, Device, Json, Offline, Verify
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
 from cifarctl.engine import EvalResult, evaluate as run_evaluation, find_latest
 from cifarctl.models import create_model
@@ -24,6 +24,7 @@ def evaluate(
     batch_size: BatchSize = 100,
     data: DataChoice = "cifar10",
     offline: Offline = False,
+    verify: Verify = False,
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (bf16): faster, may differ from fp32 by a few predictions; a departure from the course's fp32 loop.")] = False,
     tta: Annotated[Optional[int], typer.Option("--tta", min=0, max=2, help="Test-time augmentation: 0 off, 1 average over flips, 2 over flips and 1-pixel shifts. Default: what the checkpoint's run used (the model's recipe).")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the confusion matrix into this PNG file.")] = None,
@@ -42,7 +43,7 @@ def evaluate(
     err = err_console()
     create_model(model)  # an unknown name fails here, before any data is loaded
     path = find_latest(model) if ckpt in (None, NEWEST) else Path(ckpt).expanduser()
-    dataset = load_data(data, offline, quiet=json_output)
+    dataset = load_data(data, offline, quiet=json_output, verify=verify)
     err.print(f"evaluating {model} from {path}")
     result = run_evaluation(model, path, dataset, device=device, batch_size=batch_size or 100, amp=amp,
                             progress=RichProgress(err), tta=tta)

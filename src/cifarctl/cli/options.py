@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperCommand
 
 Device = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda or cuda:N.")]
+Verify = Annotated[bool, typer.Option("--verify", help="Also check the train split's sha256 (the test split is always checked).")]
 Offline = Annotated[bool, typer.Option("--offline", help="Never download; fail with a hint if the dataset is missing.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (progress goes to stderr).")]
 DataChoice = Annotated[str, typer.Option("--data", help="cifar10 (the cached dataset) or fake (random data, no download).")]

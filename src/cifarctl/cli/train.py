@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from cifarctl.cli.data import load_data
-from cifarctl.cli.options import NEWEST, Device, Json, Offline, OutDir
+from cifarctl.cli.options import NEWEST, Device, Json, Offline, OutDir, Verify
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
 from cifarctl.engine import TrainConfig, TrainingInterrupted, TrainResult, find_latest
 from cifarctl.engine import resume as resume_run
@@ -87,6 +87,7 @@ def train(
     plot: Annotated[bool, typer.Option("--plot", help="Draw learning curves into the run folder (curves.png).")] = False,
     data: Annotated[Optional[str], typer.Option("--data", help="cifar10 (the cached dataset) or fake (random data, no download).")] = None,
     offline: Offline = False,
+    verify: Verify = False,
     json_output: Json = False,
 ) -> None:
     """Train MODEL with its own recipe: the course's (Adam + cross-entropy) for vgg16 and resnet50.
@@ -132,7 +133,8 @@ def train(
     # Under torchrun every process runs this command; rank 0 alone draws, prints and writes.
     info = ddp.init_distributed(resolve_device(cfg.device)) if ddp.launched_by_torchrun() else ddp.DistInfo()
     err = err_console() if info.is_main else Console(quiet=True)
-    dataset = ddp.main_first(lambda: load_data(cfg.data, offline, quiet=json_output or not info.is_main))
+    dataset = ddp.main_first(lambda: load_data(cfg.data, offline, quiet=json_output or not info.is_main,
+                                               verify=verify))
     stop, received = threading.Event(), []
     progress = RichProgress(err, enabled=info.is_main)
     try:

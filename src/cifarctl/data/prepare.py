@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cifarctl import paths
@@ -20,6 +20,7 @@ class PrepareResult:
     action: str
     cache: CacheInfo
     archive: Path | None = None
+    converted: dict[str, int] = field(default_factory=dict)  # images converted to 8-bit RGB, by original mode
 
 
 def import_cifar10(source: Path, root: Path | None = None, force: bool = False,
@@ -29,10 +30,12 @@ def import_cifar10(source: Path, root: Path | None = None, force: bool = False,
     Usage: ``import_cifar10(Path("cifar-10-python.tar.gz"))``
     """
     root = root or paths.dataset_dir()
+    sources.check_readable(Path(source))  # a typo in --from fails even when the cache is already there
     if not force and (info := cache_info(root)) is not None:
+        load_cifar10(root, verify=True)  # say "present" only of a cache that checks out
         return PrepareResult("present", info)
     data = sources.read_source(source, expected_md5=expected_md5, progress=progress)
-    return PrepareResult("imported", write_cache(data, root), archive=Path(source))
+    return PrepareResult("imported", write_cache(data, root), archive=Path(source), converted=data.converted)
 
 
 def download_cifar10(url: str | None = None, root: Path | None = None, force: bool = False,
@@ -43,6 +46,7 @@ def download_cifar10(url: str | None = None, root: Path | None = None, force: bo
     """
     root = root or paths.dataset_dir()
     if not force and (info := cache_info(root)) is not None:
+        load_cifar10(root, verify=True)  # say "present" only of a cache that checks out
         return PrepareResult("present", info)
     expected_md5 = expected_md5 or sources.ARCHIVE_MD5
     archive = paths.downloads_dir() / sources.ARCHIVE_NAME
@@ -62,11 +66,11 @@ def download_cifar10(url: str | None = None, root: Path | None = None, force: bo
     return PrepareResult("downloaded", write_cache(data, root), archive=archive)
 
 
-def ensure_cifar10(offline: bool = False, progress: Progress | None = None) -> CIFAR10:
-    """The cached dataset, downloading it first when missing (unless ``offline``)."""
+def ensure_cifar10(offline: bool = False, progress: Progress | None = None, verify: bool = False) -> CIFAR10:
+    """The cached dataset, downloading it first when missing (unless ``offline``); see ``load_cifar10``."""
     if cache_info(paths.dataset_dir()) is None:
         if offline:
             raise DatasetError(f"CIFAR-10 is not in {paths.dataset_dir()} and --offline is set: run "
                                "`cifarctl download --from PATH` with the archive or an image folder")
         download_cifar10(progress=progress or NullProgress())
-    return load_cifar10()
+    return load_cifar10(verify=verify)

@@ -19,6 +19,7 @@ import pickle
 import re
 import tarfile
 import zipfile
+from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
@@ -85,10 +86,24 @@ class _CountingReader(io.RawIOBase):
         return n or 0
 
 
+def _inside(name: str, archive: Path) -> str:
+    """``name`` unchanged if it stays inside the archive's root; else the archive is refused.
+
+    Nothing is ever extracted, so such a member could not write anywhere; but an archive built to
+    escape its folder is not a dataset to trust.
+    """
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or re.match(r"^[A-Za-z]:", name):
+        raise DatasetError(f"{archive} has a member outside its root ({name!r}); refusing the archive: "
+                           "rebuild it from the dataset folder")
+    return name
+
+
 def _iter_tar(path: Path, progress: Progress) -> Iterator[tuple[str, bytes]]:
     progress.start(f"reading {path.name}", path.stat().st_size, "bytes")
     with open(path, "rb") as raw, tarfile.open(fileobj=io.BufferedReader(_CountingReader(raw, progress)), mode="r|*") as tar:
         for member in tar:
+            _inside(member.name, path)
             if member.isfile():
                 fh = tar.extractfile(member)
                 if fh is not None:
@@ -101,7 +116,7 @@ def _iter_zip(path: Path, progress: Progress) -> Iterator[tuple[str, bytes]]:
         infos = [i for i in zf.infolist() if not i.is_dir()]
         progress.start(f"reading {path.name}", len(infos), "files")
         for info in infos:
-            yield info.filename, zf.read(info)
+            yield _inside(info.filename, path), zf.read(info)
             progress.advance(1)
     progress.finish()
 
@@ -115,12 +130,22 @@ def _iter_folder(path: Path, progress: Progress) -> Iterator[tuple[str, bytes]]:
     progress.finish()
 
 
-def _decode_image(raw: bytes, name: str) -> np.ndarray:
+def _decode_image(raw: bytes, name: str, converted: Counter[str]) -> np.ndarray:
+    """8-bit RGB pixels of one image; images in other modes (CMYK, 16-bit, palette...) are converted
+    and counted in ``converted`` by their mode."""
     try:
         with Image.open(io.BytesIO(raw)) as img:
+            img.load()  # decode now: a truncated file fails here, not later
+            mode = img.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits, don't clip
+                wide = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray(np.round(wide / (65535 if mode.startswith("I;16") else wide.max() or 1) * 255)
+                                      .astype(np.uint8))
             array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:  # noqa: BLE001
-        raise DatasetError(f"cannot read image {name} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001  (PIL raises many types on bad files)
+        raise DatasetError(f"cannot read image {name} ({exc}): replace or remove it") from None
+    if mode != "RGB":
+        converted[mode] += 1
     if array.shape != (32, 32, 3):
         raise DatasetError(f"image {name} is {array.shape[1]}x{array.shape[0]}; CIFAR-10 images are 32x32")
     return array
@@ -131,15 +156,18 @@ def _collect(members: Iterator[tuple[str, bytes]], label: str) -> CIFAR10:
     batches: dict[str, bytes] = {}
     images: dict[str, list[tuple[int, str, np.ndarray]]] = {"train": [], "test": []}
     class_index = {c: i for i, c in enumerate(CLASSES)}
+    converted: Counter[str] = Counter()
     for name, raw in members:
         parts = PurePosixPath(name).parts
         if not parts or parts[-1].startswith("."):
             continue
         if parts[-1] in _TRAIN_BATCHES or parts[-1] == _TEST_BATCH:
             batches[parts[-1]] = raw
-        elif (len(parts) >= 3 and parts[-3] in images and parts[-2] in class_index
-              and parts[-1].lower().endswith(_IMAGE_SUFFIXES)):
-            images[parts[-3]].append((class_index[parts[-2]], parts[-1], _decode_image(raw, name)))
+        elif len(parts) >= 3 and parts[-3] in images and parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+            if parts[-2] not in class_index:
+                raise DatasetError(f"{label}: {'/'.join(parts[-3:-1])}/ is not a CIFAR-10 class folder; the "
+                                   f"classes are {', '.join(CLASSES)}: rename or remove it")
+            images[parts[-3]].append((class_index[parts[-2]], parts[-1], _decode_image(raw, name, converted)))
 
     if batches:
         missing = [b for b in (*_TRAIN_BATCHES, _TEST_BATCH) if b not in batches]
@@ -160,7 +188,7 @@ def _collect(members: Iterator[tuple[str, bytes]], label: str) -> CIFAR10:
         items.sort(key=lambda item: (item[0], item[1]))  # class, then file name: a stable order
         split[name] = (torch.from_numpy(np.stack([a for _, _, a in items])),
                        torch.tensor([c for c, _, _ in items], dtype=torch.int64))
-    return CIFAR10(*split["train"], *split["test"], source=label)
+    return CIFAR10(*split["train"], *split["test"], source=label, converted=dict(converted))
 
 
 def is_official_archive(path: Path) -> bool:
@@ -171,6 +199,21 @@ def is_official_archive(path: Path) -> bool:
             return first is not None and first.name.split("/")[0] == "cifar-10-batches-py"
     except (tarfile.TarError, OSError):
         return False
+
+
+def check_readable(path: Path) -> None:
+    """Raise ``DatasetError`` unless ``path`` exists and can be read (a folder: listed; a file: opened)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"{path} does not exist; {_EXPECTED}")
+    try:
+        if path.is_dir():
+            next(path.iterdir(), None)
+        else:
+            with open(path, "rb") as fh:
+                fh.read(1)
+    except OSError as exc:
+        raise DatasetError(f"{path} cannot be read ({exc.strerror or exc})") from None
 
 
 def read_source(path: Path, expected_md5: str | None = None, progress: Progress | None = None) -> CIFAR10:
@@ -184,8 +227,7 @@ def read_source(path: Path, expected_md5: str | None = None, progress: Progress 
     progress = progress or NullProgress()
     path = Path(path).expanduser()
     label = str(path)
-    if not path.exists():
-        raise DatasetError(f"{path} does not exist; {_EXPECTED}")
+    check_readable(path)
     if path.is_dir():
         return _collect(_iter_folder(path, progress), label)
     if not _ARCHIVE_RE.search(path.name):
