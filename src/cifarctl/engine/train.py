@@ -9,6 +9,7 @@ resumed from its last checkpoint ends with the same weights as one never interru
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import threading
 import time
@@ -29,10 +30,9 @@ from cifarctl.engine import distributed as ddp
 from cifarctl.engine.config import TrainConfig
 from cifarctl.engine.device import autocast_dtype, resolve_device
 from cifarctl.engine.evaluate import EvalResult, evaluate_model
+from cifarctl.engine.ema import Lookahead
 from cifarctl.engine.metrics import MetricsLog, RunningMetrics
 from cifarctl.engine.runs import register_run
-from cifarctl.engine.ema import Lookahead
-from cifarctl.engine.evaluate import tta_logits  # noqa: F401  (re-exported for notebooks)
 from cifarctl.engine.schedule import build_optimizer, build_scheduler, schedule_steps
 from cifarctl.errors import CheckpointError, CifarctlError, UsageError
 from cifarctl.models import create_model
@@ -131,7 +131,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: CIFAR10, run_dir: Path, progress: Progress | None = None,
                  stop: threading.Event | None = None, resume: dict[str, Any] | None = None) -> None:
-        self.cfg, self.data, self.run_dir = cfg, data, run_dir
+        self.cfg, self.data, self.run_dir = dataclasses.replace(cfg), data, run_dir  # a copy: resolved below
         self.progress = progress or NullProgress()
         self.stop = stop or threading.Event()
         self.notices: list[str] = []
@@ -161,6 +161,7 @@ class Trainer:
                                          pad_mode=cfg.pad_mode, flip=cfg.flip, **norm, **shard)
         self.test_loader = DeviceLoader(data.test_images, data.test_labels, cfg.eval_batch_size, self.device,
                                         train=False, **norm, **shard)
+        cfg = self.cfg
         if cfg.schedule_steps is None:  # fixed now, so a resumed run keeps this schedule whatever --epochs says
             cfg.schedule_steps = schedule_steps(cfg, len(self.train_loader))
         if resume is None and cfg.whiten and not cfg.init_ckpt:
