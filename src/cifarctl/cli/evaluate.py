@@ -66,9 +66,10 @@ def render_result(result: EvalResult) -> None:
     per_class = Table(title="per class", title_justify="left", show_edge=False)
     per_class.add_column("class")
     per_class.add_column("accuracy", justify="right")
+    per_class.add_column("loss", justify="right")
     per_class.add_column("images", justify="right")
     for i, (name, acc) in enumerate(result.per_class.items()):
-        per_class.add_row(name, f"{acc:.1f}%", f"{sum(result.confusion[i]):,}")
+        per_class.add_row(name, f"{acc:.1f}%", f"{result.class_loss[i]:.3f}", f"{sum(result.confusion[i]):,}")
     console.print(per_class)
     console.print(confusion_table(result))
 

@@ -32,6 +32,7 @@ class EvalResult:
     model: str = ""
     checkpoint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    class_loss: list[float] = field(default_factory=list)  # mean cross-entropy of each true class
 
     @property
     def per_class(self) -> dict[str, float]:
@@ -42,9 +43,15 @@ class EvalResult:
             out[name] = 100.0 * self.confusion[i][i] / total if total else float("nan")
         return out
 
+    @property
+    def per_class_loss(self) -> dict[str, float]:
+        """Mean test loss of each true class: where the model is unsure, not only where it is wrong."""
+        return dict(zip(self.classes, self.class_loss))
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "checkpoint": self.checkpoint, "accuracy": self.accuracy, "loss": self.loss,
-                "images": self.images, "per_class": self.per_class, "confusion": self.confusion, **self.extra}
+                "images": self.images, "per_class": self.per_class, "per_class_loss": self.per_class_loss,
+                "confusion": self.confusion, **self.extra}
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, level: int = 0) -> torch.Tensor:
@@ -78,7 +85,7 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     device = loader.device
     cast = autocast_dtype(device, amp)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)  # per true class
     was_training = model.training
     model.eval()
     progress.start("evaluating", loader.num_samples, "images")
@@ -86,7 +93,7 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
         with torch.inference_mode(), torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
             for x, y in loader.epoch(0):
                 logits = tta_logits(model, x, tta)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+                loss_sum += torch.bincount(y, F.cross_entropy(logits, y, reduction="none").double(), num_classes)
                 confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
                 progress.advance(len(y))
     finally:
@@ -98,7 +105,10 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     matrix = confusion.view(num_classes, num_classes).cpu()
     images = int(matrix.sum())
     accuracy = 100.0 * float(matrix.diag().sum()) / images if images else float("nan")
-    result = EvalResult(accuracy, loss_sum.item() / max(images, 1), images, matrix.tolist(), classes=classes)
+    per_class = matrix.sum(1).double()
+    class_loss = (loss_sum.cpu() / per_class.clamp_min(1)).where(per_class > 0, torch.tensor(float("nan")))
+    result = EvalResult(accuracy, loss_sum.sum().item() / max(images, 1), images, matrix.tolist(), classes=classes,
+                        class_loss=class_loss.tolist())
     result.extra = {"tta": bool(tta), "tta_level": tta, "amp": cast is not None}
     return result
 
