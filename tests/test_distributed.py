@@ -31,7 +31,15 @@ def _config():
                        log_every=1, amp=False, seed=5)
 
 
-def _rank_main(rank: int, world_size: int, port: int, out: str) -> None:
+def _airbench_config():
+    from cifarctl.engine import TrainConfig
+
+    # 4 epochs: the whitening bias stops training after 3, so DDP sees a parameter go quiet.
+    return TrainConfig.for_model("airbench94", epochs=4, batch_size=50, device="cpu", eval_batch_size=25,
+                                 amp=False, seed=5)
+
+
+def _rank_main(rank: int, world_size: int, port: int, out: str, config=_config) -> None:
     """What torchrun starts on each rank, with its environment."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -39,7 +47,7 @@ def _rank_main(rank: int, world_size: int, port: int, out: str) -> None:
     from cifarctl.engine import distributed as ddp
     from cifarctl.engine.train import Trainer
 
-    trainer = Trainer(_config(), tiny_dataset(), Path(out))
+    trainer = Trainer(config(), tiny_dataset(), Path(out))
     result = trainer.run()
     torch.save({"weights": trainer.model.state_dict(), "accuracy": result.test_accuracy},
                Path(out) / f"rank{rank}.pt")
@@ -67,3 +75,13 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert all(torch.equal(ranks[0]["weights"][k], ranks[1]["weights"][k]) for k in ranks[0]["weights"])
     assert ranks[0]["accuracy"] == ranks[1]["accuracy"] == pytest.approx(single.test_accuracy)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo on POSIX")
+def test_airbench94_recipe_under_ddp_keeps_the_ranks_in_step(tmp_path: Path) -> None:
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path / "ddp"), _airbench_config), nprocs=2, join=True)
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    assert state["global_step"] == 16 and state["lookahead"] is not None
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    trained = [k for k in ranks[0]["weights"] if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(ranks[0]["weights"][k], ranks[1]["weights"][k]) for k in trained)

@@ -97,7 +97,7 @@ def train(
 
     Examples:
 
-      cifarctl train airbench94 --device cpu                   (94% recipe, 10 epochs)
+      cifarctl train airbench94 --device cpu                   (the airbench94 paper's recipe)
 
       cifarctl train resnet50 --epochs 1 --device cuda
 

@@ -224,8 +224,11 @@ class Trainer:
         model.to(self.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         wrapped: torch.nn.Module = model
         if self.dist.enabled:
+            # A whitening stem's bias stops training after a few epochs (requires_grad off): DDP must then
+            # expect parameters without gradients.
             wrapped = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.whiten)
         return model, torch.compile(wrapped) if cfg.compile else wrapped
 
     # -- checkpoints -------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class ResNet50Course(nn.Module):
         return self.fc(out)
 
 
-@register_model(reference="the course's checkpoint after 285 epochs", summary="the course's recipe")
+@register_model(reference="none published (the course gives a 285-epoch checkpoint)", summary="the course's recipe")
 def resnet50(num_classes: int = 10) -> nn.Module:
     """Course ResNet-50 (bottlenecks 3/4/6), 14,750,730 parameters; loads the course's checkpoints."""
     return ResNet50Course(num_classes=num_classes)
