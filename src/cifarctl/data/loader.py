@@ -2,14 +2,14 @@
 
 The dataset is moved to the device once, as uint8 NCHW (150 MB for the train split). A batch is an
 index slice of it; random crop (zero or reflect padding) and horizontal flip are one gather over the
-whole batch; normalisation is one fused float op with constants made once per loader. There is no per-image Python, no PIL and no worker
-process, and the same code runs on CPU and CUDA.
+whole batch; normalisation is a few float ops with constants made once per loader. There is no
+per-image Python, no PIL and no worker process, and the same code runs on CPU and CUDA.
 
 Randomness is drawn per epoch from a CPU generator seeded by ``(seed, epoch)``: the permutation and
 every sample's crop offset and flip (with ``flip="alternate"``, one flip bit per image for the whole
-run, drawn from ``seed`` alone, inverted on odd epochs: airbench's alternating flip). So batch ``k`` of epoch ``e`` is a pure function of
-``(seed, e, k)``, identical on every device, and a resumed run sees exactly the batches an
-uninterrupted one would.
+run, drawn from ``seed`` alone, inverted on odd epochs: airbench's alternating flip). So batch ``k``
+of epoch ``e`` is a pure function of ``(seed, e, k)``, identical on every device, and a resumed run
+sees exactly the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from cifarctl.models.registry import COURSE_MEAN as MEAN, COURSE_STD as STD
-
+# The course's normalisation constants; its checkpoints expect inputs normalised with them.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
 PAD = 4  # the course's crop padding
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from cifarctl.models.registry import COURSE_MEAN, COURSE_STD
+from cifarctl.data.loader import MEAN, STD
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "step", "cosine", "onecycle", "triangle")
@@ -57,8 +57,8 @@ class TrainConfig:
     tta: int = 0                     # test-time augmentation of the final evaluation: 0, 1 flip, 2 flip+shift
     val_split: int = 0               # hold out N training images (stratified) for per-epoch eval and best.pt
     eval_every: int = 1              # epochs between evaluations; 0: only at the end (the end always is)
-    mean: tuple[float, float, float] = COURSE_MEAN
-    std: tuple[float, float, float] = COURSE_STD
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
     max_steps: int | None = None     # stop after this many optimizer steps in total
     seed: int = 0
     device: str = "auto"

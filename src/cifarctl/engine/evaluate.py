@@ -105,8 +105,8 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     matrix = confusion.view(num_classes, num_classes).cpu()
     images = int(matrix.sum())
     accuracy = 100.0 * float(matrix.diag().sum()) / images if images else float("nan")
-    per_class = matrix.sum(1).double()
-    class_loss = (loss_sum.cpu() / per_class.clamp_min(1)).where(per_class > 0, torch.tensor(float("nan")))
+    counts = matrix.sum(1).double()
+    class_loss = (loss_sum.cpu() / counts.clamp_min(1)).where(counts > 0, torch.tensor(float("nan")))
     result = EvalResult(accuracy, loss_sum.sum().item() / max(images, 1), images, matrix.tolist(), classes=classes,
                         class_loss=class_loss.tolist())
     result.extra = {"tta": bool(tta), "tta_level": tta, "amp": cast is not None}

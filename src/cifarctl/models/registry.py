@@ -18,10 +18,6 @@ from cifarctl.errors import UsageError
 
 ModelFactory = Callable[..., nn.Module]
 
-# The course's normalisation constants; its checkpoints expect inputs normalised with them.
-COURSE_MEAN = (0.4914, 0.4822, 0.4465)
-COURSE_STD = (0.2023, 0.1994, 0.2010)
-
 # The modern recipe for the standard CIFAR nets (resnet18, vgg16_bn): Nesterov SGD on a onecycle
 # schedule (25% ramp from lr/25, cosine to lr/25e4, momentum cycling 0.9 -> 0.8), label smoothing and
 # weight decay on conv/linear weights only. lr 0.4 is the usual 0.1 per 128 images scaled to 512;
