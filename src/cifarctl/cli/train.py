@@ -20,9 +20,9 @@ from cifarctl.engine import resume as resume_run
 from cifarctl.engine import train as run_training
 from cifarctl.engine import distributed as ddp
 from cifarctl.engine.device import resolve_device
-from cifarctl.engine.train import latest_run_dir, new_run_dir, resume_config
+from cifarctl.engine.train import latest_run_dir, load_run, new_run_dir, resume_config
 from cifarctl.errors import UsageError
-from cifarctl.models import create_model
+from cifarctl.models import create_model, model_card
 
 
 @contextlib.contextmanager
@@ -105,7 +105,7 @@ def train(
 
       cifarctl train resnet50 --resume                         (continue the newest run)
     """
-    create_model(model)
+    model_card(model)  # an unknown name fails here, with close matches, before anything is built
     settings = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, norm_weight_decay=norm_weight_decay, lr_units=lr_units, lr_schedule=lr_schedule,
@@ -122,10 +122,11 @@ def train(
         from cifarctl.plots import require_plotting
 
         require_plotting()
-    run_dir = None
+    run_dir, loaded = None, None
     if resume is not None:
         run_dir = latest_run_dir(model) if resume == NEWEST else Path(resume).expanduser()
-        cfg = resume_config(run_dir, model, given)
+        loaded = load_run(run_dir)  # read once, for the settings here and the resume below
+        cfg = resume_config(run_dir, model, given, loaded)
     else:
         cfg = TrainConfig.for_model(model, **given, init_ckpt=str(init_from) if init_from else None)
         if cfg.whiten and not hasattr(create_model(model), "init_whitening"):
@@ -142,7 +143,7 @@ def train(
             if run_dir is not None:
                 run_dir = ddp.broadcast_object(run_dir)
                 err.print(f"resuming {cfg.model} from {run_dir}")
-                result = resume_run(run_dir, dataset, given, progress=progress, stop=stop,
+                result = resume_run(run_dir, dataset, given, progress=progress, stop=stop, loaded=loaded,
                                     notify=lambda text: err.print(f"[yellow]note:[/] {text}"))
             else:
                 run_dir = ddp.broadcast_object(out or new_run_dir(model))

@@ -517,15 +517,17 @@ def resume_config(run_dir: Path, model: str | None = None, overrides: dict[str, 
 
 def resume(run_dir: Path, data: CIFAR10, overrides: dict[str, Any] | None = None,
            progress: Progress | None = None, stop: threading.Event | None = None,
-           notify: Callable[[str], None] | None = None) -> TrainResult:
+           notify: Callable[[str], None] | None = None,
+           loaded: tuple[TrainConfig, dict[str, Any]] | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint, at the exact step.
 
     Everything comes from the checkpoint; ``overrides`` may change only ``RESUMABLE`` settings
     (others are refused, see ``resume_config``). ``notify`` receives notices (e.g. a changed world
-    size, or a run that was already finished, whose stored results come back).
+    size, or a run that was already finished, whose stored results come back). ``loaded`` is
+    ``load_run(run_dir)`` when the caller has read it already.
     Usage: ``resume(Path("runs/resnet50/2026..."), load_cifar10())``
     """
-    loaded = load_run(run_dir)
+    loaded = loaded or load_run(run_dir)
     cfg = resume_config(run_dir, None, overrides, loaded)
     state = loaded[1]
     trainer = Trainer(cfg, data, run_dir, progress, stop, resume=state)
