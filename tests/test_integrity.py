@@ -25,7 +25,7 @@ from cifarctl.cli import app
 from cifarctl.engine import TrainConfig, train
 from cifarctl.models.registry import is_model, register_model
 
-from conftest import tiny_dataset, write_image_tree
+from conftest import write_image_tree
 
 if not is_model("fuzz_cnn"):
     @register_model
