@@ -13,6 +13,7 @@ from cifarctl.cli import app
 from cifarctl.models import create_model
 
 SEED = f"{Path(__file__).parent / 'fixtures' / 'seed_resnet.py'}:ResNet50_layer4"
+REAL = Path(__file__).parent / 'realworld_models.py'
 FAST = ["--device", "cpu", "--batch-size", "50"]
 
 
@@ -128,9 +129,12 @@ def test_inspect_json_numbers(runner: CliRunner) -> None:
         result = runner.invoke(app, ["inspect", name, "--input", "3x32x32", "--json"])
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
-        assert report["ok"] and report["total_params"] == params and report["output"] == [1, 10]
+        assert report["ok"] and report["total_params"] == params and report["output"] == [2, 10]
+        assert report["batch"] == 2 and "FLOPs / 2" in report["macs_counted"]
         assert abs(report["total_macs"] - macs) / macs < 1e-3
-        assert {"module", "type", "input", "output", "params", "macs"} <= set(report["layers"][1])
+        assert {"module", "type", "parent", "input", "output", "params", "macs"} <= set(report["layers"][1])
+    one = json.loads(runner.invoke(app, ["inspect", "resnet50", "--batch", "1", "--json"]).stdout)
+    assert one["input"] == [1, 3, 32, 32] and one["output"] == [1, 10] and one["total_macs"] == report["total_macs"]
 
 
 def test_inspect_seed_json(runner: CliRunner) -> None:
@@ -144,12 +148,15 @@ def test_inspect_seed_json(runner: CliRunner) -> None:
 
 def test_inspect_table_and_exit_codes(runner: CliRunner) -> None:
     ok = runner.invoke(app, ["inspect", "resnet50", "--depth", "1"])
-    assert ok.exit_code == 0 and "Output: 1x10" in ok.output
+    assert ok.exit_code == 0 and "Output: 2x10" in ok.output and "(batch 2)" in ok.output
     broken = runner.invoke(app, ["inspect", SEED])
     assert broken.exit_code == 1 and "fix:" in broken.output and "layer2.2" in broken.output
     assert runner.invoke(app, ["inspect", "vgg61"]).exit_code == 2
     assert runner.invoke(app, ["inspect", "vgg16", "--input", "32x32"]).exit_code == 2
     assert runner.invoke(app, ["inspect", "nowhere.py:Net"]).exit_code == 2
+    init_bug = runner.invoke(app, ["inspect", f"{REAL}:InitBug"])
+    assert init_bug.exit_code == 2 and "realworld_models.py:" in init_bug.output
+    assert "Traceback" not in init_bug.output and len(init_bug.output.strip().splitlines()) == 1
 
 
 def test_runs_lists_runs_and_plots(runner: CliRunner, cached, home: Path, tmp_path: Path) -> None:

@@ -18,20 +18,20 @@ BROKEN = HERE / "broken_models.py"
 GOLDEN = HERE / "golden"
 
 
-def run(spec: str, shape=(1, 3, 32, 32)):
+def run(spec: str, shape=(2, 3, 32, 32)):
     name, factory = resolve_model(spec)
     return inspect_model(factory, list(shape), name=name)
 
 
 def test_vgg16_numbers() -> None:
     r = run("vgg16")
-    assert r.ok and r.total_params == 14_983_498 and r.output == [[1, 10]]
+    assert r.ok and r.total_params == 14_983_498 and r.output == [[2, 10]]
     assert r.total_macs == pytest.approx(313.5e6, rel=1e-3)
 
 
 def test_resnet50_numbers_and_224() -> None:
     r = run("resnet50")
-    assert r.ok and r.total_params == 14_750_730 and r.output == [[1, 10]]
+    assert r.ok and r.total_params == 14_750_730 and r.output == [[2, 10]]
     assert r.total_macs == pytest.approx(92.7e6, rel=1e-3)
     big = run("resnet50", (2, 3, 224, 224))
     assert big.ok and big.output == [[2, 10]] and big.mode == "meta"
@@ -72,8 +72,8 @@ def test_seed_fixed_as_the_hint_says_fits() -> None:
         model.avgpool = torch.nn.AdaptiveAvgPool2d(1)
         return model
 
-    r = inspect_model(fixed, [1, 3, 32, 32], name)
-    assert r.ok and r.output == [[1, 10]] and not r.warnings
+    r = inspect_model(fixed, [2, 3, 32, 32], name)
+    assert r.ok and r.output == [[2, 10]] and not r.warnings
 
 
 @pytest.mark.parametrize("spec, module, cause, words", [
@@ -86,7 +86,7 @@ def test_seed_fixed_as_the_hint_says_fits() -> None:
     ("BadView", "", "reshape-mismatch", ["2x8x8x8", "1,024 values", "in_features=512"]),
 ])
 def test_each_failure_kind(spec: str, module: str, cause: str, words: list[str]) -> None:
-    r = run(f"{BROKEN}:{spec}", (2, 3, 32, 32) if spec == "BadView" else (1, 3, 32, 32))
+    r = run(f"{BROKEN}:{spec}")
     assert not r.ok
     assert (r.error.module, r.error.cause) == (module, cause), r.error.message
     text = r.error.message + " " + r.error.hint
@@ -98,13 +98,13 @@ def test_each_failure_kind(spec: str, module: str, cause: str, words: list[str])
 
 def test_data_dependent_model_falls_back_to_cpu() -> None:
     r = run(f"{BROKEN}:DataDependent")
-    assert r.ok and r.mode == "cpu" and r.output == [[1, 4, 30, 30]]
+    assert r.ok and r.mode == "cpu" and r.output == [[2, 4, 30, 30]]
 
 
 def test_model_instance_is_left_as_it_was() -> None:
     model = create_model("resnet50").train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    r = inspect_model(model, [1, 3, 32, 32])
+    r = inspect_model(model, [2, 3, 32, 32])
     assert r.ok and r.mode == "cpu" and model.training
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -117,10 +117,16 @@ def test_ops_in_user_forward_become_rows() -> None:
     assert [x.type for x in run("vgg16").layers if x.kind == "op"] == ["view"]
 
 
-@pytest.mark.parametrize("text, shape", [("3x32x32", [1, 3, 32, 32]), ("8x3x64x64", [8, 3, 64, 64]),
-                                         ("3, 32, 32", [1, 3, 32, 32])])
-def test_parse_input(text: str, shape: list[int]) -> None:
-    assert parse_input_shape(text) == shape
+@pytest.mark.parametrize("text, batch, shape", [("3x32x32", None, [2, 3, 32, 32]), ("3x32x32", 5, [5, 3, 32, 32]),
+                                                ("8x3x64x64", None, [8, 3, 64, 64]), ("8x3x64x64", 8, [8, 3, 64, 64]),
+                                                ("3, 32, 32", 1, [1, 3, 32, 32])])
+def test_parse_input(text: str, batch, shape: list[int]) -> None:
+    assert parse_input_shape(text, batch) == shape
+
+
+def test_parse_input_refuses_two_batches() -> None:
+    with pytest.raises(UsageError, match="batch 8 but --batch says 2"):
+        parse_input_shape("8x3x32x32", 2)
 
 
 @pytest.mark.parametrize("text", ["32x32", "3x32x0", "axbxc", ""])
@@ -154,3 +160,134 @@ def test_golden_tables(name: str, spec: str, depth) -> None:
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+# -- models as people write them (realworld_models.py) -----------------------------------------
+
+REAL = HERE / "realworld_models.py"
+
+
+def real(name: str, shape=(2, 3, 32, 32)):
+    return run(f"{REAL}:{name}", shape)
+
+
+def test_constant_made_without_device_just_works() -> None:
+    r = real("ConstantWithoutDevice")
+    assert r.ok and r.mode == "meta" and r.output == [[2, 8, 32, 32]] and not r.warnings
+
+
+def test_meta_specific_failure_falls_back_to_a_real_forward() -> None:
+    r = real("ConstantOnCpu")
+    assert r.ok and r.mode == "cpu" and r.output == [[2, 8, 32, 32]] and r.error is None
+
+
+def test_failures_the_model_catches_are_not_failures() -> None:
+    r = real("CatchesItsOwnError")
+    assert r.ok and r.error is None and r.output == [[2, 8, 1, 1]]
+    rows = {x.module: x for x in r.layers if x.kind == "module"}
+    assert rows["wrong"].output is None and not rows["wrong"].failed       # it raised, and was caught
+    assert rows["right"].output == [[2, 8, 32, 32]] and rows["right"].parent == 0
+    assert rows["pool"].input == [[2, 8, 32, 32]] and rows["pool"].output == [[2, 8, 1, 1]]
+    assert all(x.depth == 1 for x in r.layers if x.module in ("wrong", "right", "pool"))
+
+
+def test_a_view_that_bakes_in_batch_one_is_diagnosed_at_batch_two() -> None:
+    assert real("BatchOneView", (1, 3, 32, 32)).ok        # why batch 1 is not enough
+    r = real("BatchOneView")
+    assert not r.ok and r.error.cause == "batch-baked" and r.error.module == "fc"
+    assert "`x.view(1, -1)` in the forward of BatchOneView (the model itself) keeps batch 1 only" in r.error.message
+    assert "use `x.flatten(1)`" in r.error.hint and "512 values" in r.error.hint
+
+
+def test_intended_broadcasts_do_not_warn() -> None:
+    r = real("AffineAndGate")
+    assert r.ok and r.warnings == []
+    muls = [x for x in r.layers if x.kind == "op" and x.type == "mul"]
+    assert len(muls) == 2          # the norm's affine and the gate are still rows
+
+
+def test_a_likely_wrong_multiply_warns_and_names_its_sources() -> None:
+    r = real("RowGate")
+    assert r.ok and len(r.warnings) == 1
+    message = r.warnings[0].message
+    assert "multiplies 8x32x32 (from `conv`) and 8x1x32 (from `row`)" in message and "identity" not in message
+
+
+def test_operand_sources_are_named() -> None:
+    from cifarctl.trace.tracer import Tracer
+    from cifarctl.trace.diagnose import _label
+
+    model = resolve_model(f"{REAL}:AffineAndGate")[1]()
+    tracer = Tracer(model, batch=2)
+    tracer.run(torch.randn(2, 3, 32, 32))
+    labels = {tuple(map(_label, p)) for _, _, p, _ in tracer.broadcasts}
+    assert ("parameter `norm.weight`", "div() in forward") in labels     # w[:, None, None] * x
+    assert ("mul() in forward", "parameter `norm.bias`") in labels
+    assert ("`norm`", "parameter `shift`") in labels
+    assert ("add() in forward", "`squeeze`") in labels                    # x = norm(...) + shift; x * gate
+
+
+def test_a_module_called_twice_shows_every_call_under_its_caller() -> None:
+    r = real("SharedConv", (2, 8, 16, 16))
+    convs = [x for x in r.layers if x.module == "conv"]
+    assert len(convs) == 2 and all(x.parent == 0 and x.depth == 1 for x in convs)
+    assert convs[0].macs == convs[1].macs == 8 * 8 * 9 * 16 * 16
+    blocks = [(x.module, r.layers[x.parent].module) for x in r.layers if x.type == "Sequential" and x.depth == 2]
+    assert blocks == [("first.0", "first"), ("second.0", "second")]
+    one_by_one = 8 * 8 * 16 * 16
+    assert r.total_macs == 2 * convs[0].macs + 2 * one_by_one
+    assert r.layers[0].macs == r.total_macs
+
+
+def test_attention_einsum_and_functional_layers_count_macs() -> None:
+    r = real("Attention")
+    attn = next(x for x in r.layers if x.module == "attn")
+    tokens, dim = 64, 32
+    projections = 4 * tokens * dim * dim                 # q, k, v and out
+    scores = 2 * tokens * tokens * dim                   # q @ k^T and weights @ v
+    assert attn.macs == projections + scores
+    einsum = next(x for x in r.layers if x.type == "einsum")
+    assert einsum.macs == dim * 10       # torch sums over the tokens first, then contracts the channels
+    f = real("FunctionalConv")
+    assert f.total_macs == 8 * 3 * 9 * 32 * 32 + 8 * 10
+    assert [x.type for x in f.layers if x.kind == "op"] == ["conv2d", "linear"]
+
+
+def test_builtin_totals_are_flop_counter_totals() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name in ("resnet50", "vgg16"):
+        with torch.device("meta"):
+            model = create_model(name).eval()
+            with FlopCounterMode(display=False) as counter:
+                model(torch.empty(1, 3, 32, 32))
+        assert run(name).total_macs == counter.get_total_flops() // 2
+    assert run("resnet50").total_macs == 92_727_296
+
+
+@pytest.mark.parametrize("name, words", [
+    ("InitBug", ["realworld_models.py:", "`self.fc = nn.Linear(10)`", "missing 1 required positional argument"]),
+    ("InitRaises", ["`self.last = self.widths[2]`", "IndexError: list index out of range"]),
+])
+def test_a_bug_in_init_is_one_line_with_file_and_line(name: str, words: list[str]) -> None:
+    with pytest.raises(UsageError) as info:
+        real(name)
+    message = str(info.value)
+    assert "\n" not in message and info.value.exit_code == 2
+    line = next(i for i, text in enumerate(REAL.read_text().splitlines(), 1) if words[1 if name == "InitBug" else 0].strip("`") in text)
+    assert f"realworld_models.py:{line}" in message
+    for word in words:
+        assert word in message, message
+
+
+def test_an_import_error_names_file_and_line(tmp_path: Path) -> None:
+    model = tmp_path / "broken.py"
+    model.write_text("import torch\n\nWIDTH = 64 / undefined_name\n")
+    with pytest.raises(UsageError, match=r"importing .*broken.py failed at .*broken.py:3 \(`WIDTH = 64 / undefined_name`\): NameError"):
+        resolve_model(f"{model}:Net")
+
+
+def test_string_padding_in_a_failing_block() -> None:
+    r = real("StringPadding")
+    assert not r.ok and r.error.cause == "residual-mismatch"
+    assert "give `branch.0` padding=1" in r.error.hint and "30x30" in r.error.message

@@ -20,11 +20,14 @@ from cifarctl.trace.records import fmt_shape
 @handle_errors
 def inspect(
     model: Annotated[str, typer.Argument(help="A model name (vgg16, resnet50), path/to/file.py:Name or package.module:Name.")],
-    input_shape: Annotated[str, typer.Option("--input", "-i", help="Input shape CxHxW (batch 1) or NxCxHxW.")] = "3x32x32",
+    input_shape: Annotated[str, typer.Option("--input", "-i", help="Input shape CxHxW, or NxCxHxW with its batch.")] = "3x32x32",
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Images in the traced batch (default 2: a batch of 1 hides code that bakes the batch size in).")] = None,
     depth: Annotated[Optional[int], typer.Option("--depth", min=0, help="Show modules nested at most this deep.")] = None,
     json_output: Json = False,
 ) -> None:
     """Show each layer's shapes, parameters and MACs; if the shapes stop fitting, say where, why and how to fix it.
+
+    A batch of 2 is traced (--batch to change); MACs and activation memory are per image.
 
     Exit code 0: the input fits; 1: it does not; 2: bad arguments.
 
@@ -34,7 +37,7 @@ def inspect(
 
       cifarctl inspect my_resnet.py:ResNet50_layer4 --input 3x32x32 --depth 2
     """
-    shape = parse_input_shape(input_shape)
+    shape = parse_input_shape(input_shape, batch)
     name, factory = resolve_model(model)
     result = inspect_model(factory, shape, name=name)
     if json_output:
@@ -80,20 +83,20 @@ def layer_table(result: TraceResult, depth: int | None = None) -> Table:
         kind = ("✗ " if record.failed else "") + record.type
         table.add_row(
             _row_name(record, result.model), kind, _shapes(record.input), _shapes(record.output),
-            "" if is_op else f"{record.params:,}", "" if is_op or not record.macs else _human(record.macs),
+            "" if is_op else f"{record.params:,}", _human(record.macs) if record.macs else "",
             style=style,
         )
     return table
 
 
 def render(result: TraceResult, console: Console, depth: int | None = None) -> None:
-    console.print(f"[bold]{escape(result.model)}[/] on input {fmt_shape(result.input)}"
-                  + (" (traced with a real CPU forward)" if result.mode == "cpu" else ""))
+    console.print(f"[bold]{escape(result.model)}[/] on input {fmt_shape(result.input)} (batch {result.input[0]})"
+                  + (", traced with a real CPU forward" if result.mode == "cpu" else ""))
     console.print(layer_table(result, depth))
     console.print(f"Total params: {result.total_params:,} (trainable {result.trainable_params:,})")
     partial = "" if result.ok else ", up to the failure"
-    console.print(f"Total MACs: {_human(result.total_macs)} ({result.total_macs:,}{partial})")
-    console.print(f"Activation memory: {result.activation_bytes / 2**20:.2f} MiB (layer outputs, float32)")
+    console.print(f"Total MACs per image: {_human(result.total_macs)} ({result.total_macs:,}{partial})")
+    console.print(f"Activation memory per image: {result.activation_bytes / 2**20:.2f} MiB (layer outputs, float32)")
     if result.ok:
         console.print(f"Output: [bold green]{_shapes(result.output)}[/]")
     for warning in result.warnings:

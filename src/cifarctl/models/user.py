@@ -6,7 +6,9 @@ import difflib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -30,10 +32,32 @@ def _load_file(path: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001  (any error in the user's file is reported, not raised)
-        raise UsageError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+        raise UsageError(f"importing {path} failed at {_where(exc, path)}: {_what(exc)}") from None
     finally:
         sys.path.remove(str(path.resolve().parent))
     return module
+
+
+def _what(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _where(exc: BaseException, path: Path | None) -> str:
+    """``file:line (the line)`` of the user's code that raised: the deepest frame in ``path``, else outside torch."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    target = str(path.resolve()) if path is not None else None
+    mine = [f for f in frames if target is not None and str(Path(f.filename).resolve()) == target]
+    library = (f"{os.sep}torch{os.sep}", f"{os.sep}cifarctl{os.sep}")
+    outside = [f for f in frames if not any(part in f.filename for part in library)]
+    frame = (mine or outside or frames or [None])[-1]
+    if frame is None:
+        return "?"
+    shown = path if mine and path is not None else Path(frame.filename)
+    line = f" (`{frame.line.strip()}`)" if frame.line else ""
+    return f"{shown}:{frame.lineno}{line}"
 
 
 def _candidates(module: ModuleType) -> list[str]:
@@ -52,8 +76,10 @@ def resolve_model(spec: str) -> tuple[str, Callable[[], nn.Module]]:
     if ":" not in spec:
         raise UsageError(unknown_model_message(spec) + " (or give path/to/file.py:ClassName)")
     where, _, attr = spec.rpartition(":")
+    path: Path | None = None
     if where.endswith(".py") or "/" in where or "\\" in where:
-        module = _load_file(Path(where).expanduser())
+        path = Path(where).expanduser()
+        module = _load_file(path)
     else:
         try:
             module = importlib.import_module(where)
@@ -68,12 +94,21 @@ def resolve_model(spec: str) -> tuple[str, Callable[[], nn.Module]]:
     if not callable(obj):
         raise UsageError(f"{spec} is not an nn.Module class or a function returning one")
 
+    try:
+        inspect.signature(obj).bind()
+    except TypeError as exc:
+        raise UsageError(f"{spec} cannot be built without arguments ({exc}); wrap it in a function "
+                         "that returns the model") from None
+    except ValueError:
+        pass   # no signature to read (a builtin): calling it will tell
+
     def factory() -> nn.Module:
         try:
             model = obj()
-        except TypeError as exc:
-            raise UsageError(f"{spec} cannot be built without arguments ({exc}); wrap it in a function "
-                             "that returns the model") from None
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (a bug in the user's constructor is reported, not raised)
+            raise UsageError(f"building {spec} failed at {_where(exc, path)}: {_what(exc)}") from None
         if not isinstance(model, nn.Module):
             raise UsageError(f"{spec} returned {type(model).__name__}, not an nn.Module")
         return model

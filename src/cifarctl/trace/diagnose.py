@@ -6,7 +6,8 @@ import math
 import re
 from typing import Any
 
-from cifarctl.trace.records import Diagnosis, Failure, LayerRecord, Shape, Warning_, fmt_shape
+from cifarctl.trace.records import (COMPUTED, CONSTANT, INPUT, PARAMETER, Diagnosis, Failure, LayerRecord, Shape,
+                                    Warning_, fmt_shape)
 
 _CONV = ("Conv1d", "Conv2d", "Conv3d")
 _POOL = ("MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d")
@@ -15,6 +16,18 @@ _NORM = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm2d", "SyncBat
 
 def _pair(value: Any, n: int = 2) -> list[int]:
     return list(value) if isinstance(value, (list, tuple)) else [int(value)] * n
+
+
+def _padding(config: dict[str, Any], n: int = 2) -> list[int]:
+    """A layer's padding per spatial dimension; ``"valid"`` is 0 and ``"same"`` what keeps the size."""
+    padding = config.get("padding", 0)
+    if padding == "valid":
+        return [0] * n
+    if padding == "same":
+        kernel = _pair(config.get("kernel_size", 1), n)
+        dilation = _pair(config.get("dilation", 1), n)
+        return [d * (k - 1) // 2 for k, d in zip(kernel, dilation)]
+    return _pair(padding, n)
 
 
 def _descendants(records: list[LayerRecord], path: str) -> list[LayerRecord]:
@@ -27,8 +40,24 @@ def _where(rec: LayerRecord) -> str:
     return f"{rec.type} `{rec.module}`" if rec.module else f"the forward of {rec.type} (the model itself)"
 
 
-def _label(path: str | None) -> str:
-    return f"`{path}`" if path else "the block's input (identity shortcut)"
+def _label(source: str | None) -> str:
+    """Plain words for where an operand came from (``Tracer.source``)."""
+    if source is None:
+        return "unknown"
+    if source == INPUT:
+        return "the block's input (identity shortcut)"
+    if source == CONSTANT:
+        return "a constant made in forward"
+    if source.startswith(PARAMETER):
+        return f"parameter `{source[len(PARAMETER):-1]}`"
+    if source.startswith(COMPUTED):
+        return f"{source[len(COMPUTED):-1]}() in forward"
+    return f"`{source}`" if source else "the model's own output"
+
+
+def _is_map(source: str | None) -> bool:
+    """A module's output or the block's input: the tensors a residual sum joins."""
+    return source is not None and (source == INPUT or not source.startswith("<"))
 
 
 # -- branch analysis for residual sums and concatenations --------------------------------------
@@ -36,12 +65,13 @@ def _label(path: str | None) -> str:
 def _branch(records: list[LayerRecord], path: str | None) -> dict[str, Any]:
     """Total stride of a branch, its strided layers, and the kernels that shrink the map for lack of padding."""
     stride, strided, shrinkers, first_conv = 1, [], [], None
-    for r in _descendants(records, path) if path else []:
+    modules = _descendants(records, path) if _is_map(path) and path != INPUT else []
+    for r in modules:
         if r.type not in _CONV + _POOL or not r.config:
             continue
         k = _pair(r.config.get("kernel_size", 1))[-1]
         s = _pair(r.config.get("stride") or k)[-1]
-        p = _pair(r.config.get("padding", 0))[-1]
+        p = _padding(r.config)[-1]
         d = _pair(r.config.get("dilation", 1))[-1]
         stride *= s
         if s > 1:
@@ -72,7 +102,10 @@ def _branch_fix(records: list[LayerRecord], shapes: list[Shape], producers: list
     """A suggested fix that makes two branches produce the same shape."""
     fixes = []
     a, b = shapes[0], shapes[1]
-    if len(a) > 1 and len(b) > 1 and a[1] != b[1]:
+    if len(a) != len(b):
+        return (f"the operands have {len(a)} and {len(b)} dimensions: reshape one so both are "
+                f"{fmt_shape(a if len(a) > len(b) else b, batch=False)}-like maps")
+    if len(a) > 1 and a[1] != b[1]:
         fixes.append(f"channels differ ({a[1]} vs {b[1]}): make the last conv of each branch output the same "
                      "number of channels")
     if a[2:] != b[2:]:
@@ -109,7 +142,7 @@ def _describe_operands(shapes: list[Shape], producers: list[str | None]) -> str:
 # -- one function per failure kind ------------------------------------------------------------
 
 def _elementwise(rec: LayerRecord, f: Failure, records: list[LayerRecord]) -> tuple[str, str, str]:
-    verb = {"add": "adds", "sub": "subtracts", "mul": "multiplies", "div": "divides"}.get(f.op or "", "combines")
+    verb = _VERBS.get(f.op or "", "combines")
     torch_message = _torch_message(f.operands[0], f.operands[1]) or f.message
     message = (f"{_where(rec)} {verb} maps that do not fit: {_describe_operands(f.operands, f.producers)} "
                f"(\"{torch_message}\")")
@@ -163,8 +196,7 @@ def _kernel(rec: LayerRecord) -> tuple[str, str, str] | None:
         return None
     spatial = rec.input[0][2:]
     kernel = _pair(rec.config["kernel_size"], len(spatial))
-    padding = rec.config.get("padding", 0)
-    padding = _pair(padding, len(spatial)) if not isinstance(padding, str) else [0] * len(spatial)
+    padding = _padding(rec.config, len(spatial))
     dilation = _pair(rec.config.get("dilation", 1), len(spatial))
     if all(s + 2 * p >= d * (k - 1) + 1 for s, k, p, d in zip(spatial, kernel, padding, dilation)):
         return None
@@ -196,8 +228,33 @@ def _linear(rec: LayerRecord, index: int, records: list[LayerRecord]) -> tuple[s
     return "linear-mismatch", message, hint
 
 
-def diagnose(records: list[LayerRecord], failure: Failure) -> Diagnosis:
-    """Explain ``failure``: the innermost module whose forward raised, the cause and a fix."""
+def _batch_baked(rec: LayerRecord, index: int, records: list[LayerRecord],
+                 reshapes: list[tuple[int, str]], batch: int) -> tuple[str, str, str] | None:
+    """A failure downstream of a reshape that moved the batch dimension: the reshape is the bug."""
+    before = [(i, call) for i, call in reshapes if i < index]
+    if not before:
+        return None
+    i, call = before[-1]
+    op = records[i]
+    owner = records[op.parent] if op.parent is not None else rec
+    got, made = op.input[0], op.output[0] if op.output else []
+    keeps = f"keeps batch {made[0]} only" if made and made[0] < batch else f"makes {made[0] if made else '?'} rows"
+    message = (f"`{call or op.type}` in {_where(owner)} {keeps}: it turns the {fmt_shape(got)} batch into "
+               f"{fmt_shape(made)}, so {_where(rec)} gets {fmt_shape(rec.input[0]) if rec.input else '?'}; "
+               f"each of the {batch} images should keep its own row")
+    per_sample = math.prod(got[1:])
+    hint = (f"use `x.flatten(1)` (or `x.view(x.size(0), -1)`) instead of `{call or op.type}`; each image has "
+            f"{per_sample:,} values")
+    return "batch-baked", message, hint
+
+
+def diagnose(records: list[LayerRecord], failure: Failure, reshapes: list[tuple[int, str]] | None = None,
+             batch: int = 1) -> Diagnosis:
+    """Explain ``failure``: the innermost module whose forward raised, the cause and a fix.
+
+    ``reshapes`` are the reshapes that moved the batch dimension (``Tracer.batch_reshapes``): a
+    later failure in a layer is then put down to them.
+    """
     index = failure.stack[-1] if failure.stack else len(records) - 1
     rec = records[index]
     found: tuple[str, str, str] | None = None
@@ -207,35 +264,71 @@ def diagnose(records: list[LayerRecord], failure: Failure) -> Diagnosis:
         found = _join(rec, failure, records)
     elif failure.op in {"view", "reshape", "flatten"}:
         found = _reshape(rec, failure, records)
-    elif rec.type in _CONV + _NORM:
-        found = _channels(rec, index, records) or _kernel(rec)
-    elif rec.type in _POOL:
-        found = _kernel(rec)
-    elif rec.type == "Linear":
-        found = _linear(rec, index, records)
+    elif rec.type in _CONV + _NORM + ("Linear",) and reshapes:
+        found = _batch_baked(rec, index, records, reshapes, batch)
+    if found is None:
+        if rec.type in _CONV + _NORM:
+            found = _channels(rec, index, records) or _kernel(rec)
+        elif rec.type in _POOL:
+            found = _kernel(rec)
+        elif rec.type == "Linear":
+            found = _linear(rec, index, records)
     cause, message, hint = found or (
         "other", f"{_where(rec)} failed: {failure.message}",
         "check the input shape this module receives (shown above) against what its forward expects")
     children = [{"module": r.module, "type": r.type, "output": r.output}
-                for r in records[index + 1:] if r.output is not None and r.depth == rec.depth + 1
-                and r.module.startswith(f"{rec.module}." if rec.module else "") and r.kind == "module"]
+                for r in records[index + 1:] if r.output is not None and r.parent == index and r.kind == "module"]
     return Diagnosis(module=rec.module, type=rec.type, message=message, hint=hint, input=rec.input,
                      children=children, operands=_operand_list(failure.operands, failure.producers),
                      cause=cause, exception=f"{failure.exception}: {failure.message}")
 
 
-def find_warnings(records: list[LayerRecord],
-                  broadcasts: list[tuple[int, list[Shape], list[str | None], Shape]]) -> list[Warning_]:
-    """Silent problems: residual sums that broadcast, and maps that collapse to 1x1 early."""
+def _suspicious_broadcast(op: str, a: Shape, b: Shape, sources: list[str | None]) -> bool:
+    """Whether an elementwise broadcast is likely a silent bug rather than an intended affine or gate.
+
+    Both operands must be maps (module outputs or the block's input) of one rank. Adding or
+    subtracting them while the batch or a spatial dimension expands is the residual-sum bug;
+    multiplying or dividing is too when the batch expands or the smaller map keeps part of its
+    spatial size (a per-channel gate, N x C x 1 x 1 as in squeeze-and-excitation, is intended).
+    """
+    if len(a) != len(b) or len(a) < 2 or not all(_is_map(s) for s in sources):
+        return False
+    expanded = [i for i in range(len(a)) if a[i] != b[i] and 1 in (a[i], b[i])]
+    batch_expanded, spatial_expanded = 0 in expanded, any(i >= 2 for i in expanded)
+    if op in {"add", "sub"}:
+        return batch_expanded or spatial_expanded
+    small = a if math.prod(a) < math.prod(b) else b
+    gate = all(d == 1 for d in small[2:])
+    return batch_expanded or (spatial_expanded and not gate)
+
+
+def find_warnings(records: list[LayerRecord], broadcasts: list[tuple[int, list[Shape], list[str | None], Shape]],
+                  reshapes: list[tuple[int, str]] | None = None, batch: int = 1,
+                  output: list[Shape] | None = None) -> list[Warning_]:
+    """Silent problems: residual sums that broadcast, batches reshaped away, maps that collapse to 1x1 early."""
     warnings = []
     for index, shapes, producers, result in broadcasts:
+        op = records[index].type
+        if not _suspicious_broadcast(op, shapes[0], shapes[1], producers):
+            continue
         parent = records[index].module
+        what = "a residual sum's branches should match" if op in {"add", "sub"} else "both maps should match"
         warnings.append(Warning_(parent, (
-            f"`{parent}` {records[index].type}s {_describe_operands(shapes, producers)}: the shapes differ and "
-            f"broadcast silently to {fmt_shape(result, batch=False)}; a residual sum's branches should match "
+            f"`{parent}` {_VERBS.get(op, op + 's')} {_describe_operands(shapes, producers)}: the shapes differ and "
+            f"broadcast silently to {fmt_shape(result, batch=False)}; {what} "
             f"({_branch_fix(records, shapes, producers)})")))
+    if reshapes and output and output[0] and output[0][0] != batch:
+        index, call = reshapes[0]
+        owner = records[records[index].parent] if records[index].parent is not None else records[0]
+        warnings.append(Warning_(owner.module, (
+            f"`{call}` in {_where(owner)} turns a batch of {batch} into {fmt_shape(records[index].output[0])}, and "
+            f"the model returns {fmt_shape(output[0])} for {batch} images: it only works at one batch size; use "
+            "`x.flatten(1)` (or `x.view(x.size(0), -1)`)")))
     warnings += _collapse_warning(records)
     return warnings
+
+
+_VERBS = {"add": "adds", "sub": "subtracts", "mul": "multiplies", "div": "divides"}
 
 
 def _collapse_warning(records: list[LayerRecord]) -> list[Warning_]:
