@@ -18,9 +18,9 @@ BROKEN = HERE / "broken_models.py"
 GOLDEN = HERE / "golden"
 
 
-def run(spec: str, shape=(2, 3, 32, 32)):
+def run(spec: str, shape=(2, 3, 32, 32), device=None):
     name, factory = resolve_model(spec)
-    return inspect_model(factory, list(shape), name=name)
+    return inspect_model(factory, list(shape), name=name, device=device)
 
 
 def test_vgg16_numbers() -> None:
@@ -34,7 +34,28 @@ def test_resnet50_numbers_and_224() -> None:
     assert r.ok and r.total_params == 14_750_730 and r.output == [[2, 10]]
     assert r.total_macs == pytest.approx(92.7e6, rel=1e-3)
     big = run("resnet50", (2, 3, 224, 224))
-    assert big.ok and big.output == [[2, 10]] and big.mode == "meta"
+    assert big.ok and big.output == [[2, 10]] and big.mode == "cpu"       # a real forward is cheaper here
+    huge = run("resnet50", (2, 3, 512, 512))
+    assert huge.ok and huge.output == [[2, 10]] and huge.mode == "meta"   # shapes only beyond 2x224x224
+
+
+def _same_report(a, b) -> dict:
+    one, two = a.to_json(), b.to_json()
+    for key in ("mode", "fallback"):
+        one.pop(key), two.pop(key)
+    for report in (one, two):   # PyTorch words its own exception differently on meta and CPU
+        if report["error"]:
+            report["error"].pop("exception")
+    return one == two
+
+
+@pytest.mark.parametrize("spec", ["resnet50", "vgg16", "airbench94", SEED, f"{BROKEN}:TwoBranchCat",
+                                  f"{BROKEN}:linear_mismatch", f"{HERE / 'realworld_models.py'}:Attention",
+                                  f"{HERE / 'realworld_models.py'}:BatchOneView"])
+def test_meta_and_cpu_give_the_same_report(spec: str) -> None:
+    on_meta, on_cpu = run(spec, device="meta"), run(spec, device="cpu")
+    assert (on_meta.mode, on_cpu.mode) == ("meta", "cpu") and not on_meta.fallback
+    assert _same_report(on_meta, on_cpu)
 
 
 def test_container_macs_sum_their_leaves() -> None:
@@ -97,8 +118,8 @@ def test_each_failure_kind(spec: str, module: str, cause: str, words: list[str])
 
 
 def test_data_dependent_model_falls_back_to_cpu() -> None:
-    r = run(f"{BROKEN}:DataDependent")
-    assert r.ok and r.mode == "cpu" and r.output == [[2, 4, 30, 30]]
+    r = run(f"{BROKEN}:DataDependent", device="meta")
+    assert r.ok and r.mode == "cpu" and r.fallback and r.output == [[2, 4, 30, 30]]
 
 
 def test_model_instance_is_left_as_it_was() -> None:
@@ -167,18 +188,18 @@ def test_golden_tables(name: str, spec: str, depth) -> None:
 REAL = HERE / "realworld_models.py"
 
 
-def real(name: str, shape=(2, 3, 32, 32)):
-    return run(f"{REAL}:{name}", shape)
+def real(name: str, shape=(2, 3, 32, 32), device=None):
+    return run(f"{REAL}:{name}", shape, device)
 
 
 def test_constant_made_without_device_just_works() -> None:
-    r = real("ConstantWithoutDevice")
-    assert r.ok and r.mode == "meta" and r.output == [[2, 8, 32, 32]] and not r.warnings
+    r = real("ConstantWithoutDevice", device="meta")
+    assert r.ok and r.mode == "meta" and not r.fallback and r.output == [[2, 8, 32, 32]] and not r.warnings
 
 
 def test_meta_specific_failure_falls_back_to_a_real_forward() -> None:
-    r = real("ConstantOnCpu")
-    assert r.ok and r.mode == "cpu" and r.output == [[2, 8, 32, 32]] and r.error is None
+    r = real("ConstantOnCpu", device="meta")
+    assert r.ok and r.mode == "cpu" and r.fallback and r.output == [[2, 8, 32, 32]] and r.error is None
 
 
 def test_failures_the_model_catches_are_not_failures() -> None:

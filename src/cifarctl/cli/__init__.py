@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from cifarctl import __version__
@@ -17,7 +20,7 @@ app = typer.Typer(
     name="cifarctl",
     help="Train, evaluate and debug CNNs on CIFAR-10.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,
 )
@@ -43,6 +46,24 @@ app.command()(runs)
 app.command()(models)
 
 
+# Commands that leave nothing running or half-written when they return: once they are done, the
+# process ends at once. Tearing down an interpreter that imported torch takes most of a second on a
+# 2-core machine, time in which the user's prompt does not come back.
+QUICK_EXIT = {"inspect", "predict", "export", "evaluate", "models", "runs"}
+
+
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+        code = done.code
+        if command in QUICK_EXIT and "torch" in sys.modules and (code is None or isinstance(code, int)):
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except OSError:   # a closed pipe (`| head`): nothing more to say
+                    pass
+            os._exit(code or 0)
+        raise

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console
-from cifarctl.data import download_cifar10, import_cifar10
 
 
 @handle_errors
@@ -27,6 +26,8 @@ def download(
 
       cifarctl download --from ./cifar10-images/     (train/<class>/*.jpg and test/<class>/*.jpg)
     """
+    from cifarctl.data import download_cifar10, import_cifar10
+
     # Where it reads and writes is said by the bar (the source) and by the last line (the cache).
     progress = RichProgress(err_console())
     if source is not None:

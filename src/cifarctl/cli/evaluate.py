@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from cifarctl.cli.data import load_data
 from cifarctl.cli.options import NEWEST, BatchSize, DataChoice, Device, Json, Offline, Verify
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
-from cifarctl.engine import EvalResult, evaluate as run_evaluation, find_latest
-from cifarctl.models import create_model
+
+if TYPE_CHECKING:
+    from cifarctl.engine import EvalResult
 
 
 @handle_errors
@@ -41,6 +41,11 @@ def evaluate(
       cifarctl evaluate airbench94 --ckpt --tta 2      (flip and shift test-time augmentation)
     """
     err = err_console()
+    from cifarctl.cli.data import load_data
+    from cifarctl.engine import evaluate as run_evaluation
+    from cifarctl.engine import find_latest
+    from cifarctl.models import create_model
+
     create_model(model)  # an unknown name fails here, before any data is loaded
     path = find_latest(model) if ckpt in (None, NEWEST) else Path(ckpt).expanduser()
     dataset = load_data(data, offline, quiet=json_output, verify=verify)

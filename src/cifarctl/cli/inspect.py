@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -12,9 +12,10 @@ from rich.text import Text
 
 from cifarctl.cli.options import Json
 from cifarctl.cli.render import handle_errors, out_console, print_json
-from cifarctl.models.user import resolve_model
-from cifarctl.trace import LayerRecord, TraceResult, inspect_model, parse_input_shape
 from cifarctl.trace.records import fmt_shape
+
+if TYPE_CHECKING:
+    from cifarctl.trace import LayerRecord, TraceResult
 
 
 @handle_errors
@@ -37,6 +38,9 @@ def inspect(
 
       cifarctl inspect my_resnet.py:ResNet50_layer4 --input 3x32x32 --depth 2
     """
+    from cifarctl.models.user import resolve_model
+    from cifarctl.trace import inspect_model, parse_input_shape
+
     shape = parse_input_shape(input_shape, batch)
     name, factory = resolve_model(model)
     result = inspect_model(factory, shape, name=name)
@@ -91,7 +95,7 @@ def layer_table(result: TraceResult, depth: int | None = None) -> Table:
 
 def render(result: TraceResult, console: Console, depth: int | None = None) -> None:
     console.print(f"[bold]{escape(result.model)}[/] on input {fmt_shape(result.input)} (batch {result.input[0]})"
-                  + (", traced with a real CPU forward" if result.mode == "cpu" else ""))
+                  + (", traced with a real CPU forward (it cannot run on the meta device)" if result.fallback else ""))
     console.print(layer_table(result, depth))
     console.print(f"Total params: {result.total_params:,} (trainable {result.trainable_params:,})")
     partial = "" if result.ok else ", up to the failure"

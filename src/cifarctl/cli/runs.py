@@ -10,7 +10,6 @@ from rich.table import Table
 from cifarctl import paths
 from cifarctl.cli.options import Json
 from cifarctl.cli.render import err_console, handle_errors, out_console, print_json
-from cifarctl.engine.runs import list_runs
 
 
 @handle_errors
@@ -29,6 +28,8 @@ def runs(
 
       cifarctl runs resnet50 --json
     """
+    from cifarctl.engine.runs import list_runs
+
     found = list_runs(model)
     if json_output:
         print_json([r.to_dict() for r in found])

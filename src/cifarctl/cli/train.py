@@ -7,22 +7,17 @@ import shlex
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
 
-from cifarctl.cli.data import load_data
 from cifarctl.cli.options import NEWEST, Device, Json, Offline, OutDir, Verify
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
-from cifarctl.engine import TrainConfig, TrainingInterrupted, TrainResult, find_latest
-from cifarctl.engine import resume as resume_run
-from cifarctl.engine import train as run_training
-from cifarctl.engine import distributed as ddp
-from cifarctl.engine.device import resolve_device
-from cifarctl.engine.train import latest_run_dir, load_run, new_run_dir, resume_config
 from cifarctl.errors import UsageError
-from cifarctl.models import create_model, model_card
+
+if TYPE_CHECKING:
+    from cifarctl.engine import TrainResult
 
 
 @contextlib.contextmanager
@@ -105,6 +100,16 @@ def train(
 
       cifarctl train resnet50 --resume                         (continue the newest run)
     """
+    # torch loads here, not at start-up, so `--help` and completion answer at once.
+    from cifarctl.cli.data import load_data
+    from cifarctl.engine import TrainConfig, TrainingInterrupted, find_latest
+    from cifarctl.engine import distributed as ddp
+    from cifarctl.engine import resume as resume_run
+    from cifarctl.engine import train as run_training
+    from cifarctl.engine.device import resolve_device
+    from cifarctl.engine.train import latest_run_dir, load_run, new_run_dir, resume_config
+    from cifarctl.models import create_model, model_card
+
     model_card(model)  # an unknown name fails here, with close matches, before anything is built
     settings = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,

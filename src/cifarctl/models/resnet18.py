@@ -7,7 +7,6 @@ stage and costs CIFAR accuracy; this stem keeps 32x32 there, as kuangliu/pytorch
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet
 
 from cifarctl.models.registry import SGD_ONECYCLE_RECIPE, register_model
 
@@ -15,6 +14,7 @@ from cifarctl.models.registry import SGD_ONECYCLE_RECIPE, register_model
 @register_model(recipe=SGD_ONECYCLE_RECIPE, reference="93.02% after 200 epochs (kuangliu/pytorch-cifar ResNet18)")
 def resnet18(num_classes: int = 10) -> nn.Module:
     """CIFAR ResNet-18 (BasicBlocks 2/2/2/2, 3x3 stem), 11,173,962 parameters at 10 classes."""
+    from torchvision.models import resnet   # here: importing torchvision costs a second that others need not pay
     model = resnet.resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's stem

@@ -107,12 +107,13 @@ class TraceResult:
     error: Diagnosis | None = None
     warnings: list[Warning_] = field(default_factory=list)
     mode: str = "meta"               # "meta" (no arithmetic) or "cpu" (a real forward pass)
+    fallback: bool = False           # run on the CPU because the model could not run on meta
     failure: Failure | None = field(default=None, repr=False)   # the raw failure behind ``error``
 
     def to_json(self) -> dict[str, Any]:
         output = self.output[0] if self.output and len(self.output) == 1 else self.output
         return {
-            "model": self.model, "input": self.input, "ok": self.ok, "mode": self.mode,
+            "model": self.model, "input": self.input, "ok": self.ok, "mode": self.mode, "fallback": self.fallback,
             "layers": [r.to_json() for r in self.layers], "total_params": self.total_params,
             "trainable_params": self.trainable_params, "batch": self.input[0] if self.input else 1,
             "total_macs": self.total_macs, "macs_counted": MACS_COUNTED,

@@ -5,8 +5,8 @@ Forward pre/post hooks give one record per module call, its parent taken from th
 ``TorchFunctionMode`` sees the tensor operations that user modules do in ``forward`` (``+``,
 ``torch.cat``, ``view``...), so residual sums and reshapes show in the table and a failing one can
 be named, and it remembers where every tensor came from (a module, the block's input, a
-parameter, a constant). Compute comes from ``torch.utils.flop_counter.FlopCounterMode``: each
-call's count is the counter's growth between its pre and post hook, so containers include the
+parameter, a constant). Compute comes from ``torch.utils.flop_counter``'s formulas: each call's
+count is the counter's growth between its pre and post hook, so containers include the
 matmuls and functional convolutions done in their own ``forward``.
 
 By default the model and input live on the ``meta`` device and ``forward`` runs inside
@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from cifarctl.trace.records import COMPUTED, CONSTANT, INPUT, PARAMETER, Failure, LayerRecord, Shape
@@ -42,6 +43,45 @@ _CANONICAL = {"__add__": "add", "__iadd__": "add", "__radd__": "add", "__sub__":
               "__rsub__": "sub", "__mul__": "mul", "__imul__": "mul", "__rmul__": "mul", "__truediv__": "div",
               "__itruediv__": "div", "__rtruediv__": "div", "concat": "cat", "concatenate": "cat",
               "__matmul__": "matmul"}
+
+class FlopCounter(TorchDispatchMode):
+    """FLOPs of every aten op, by ``FlopCounterMode``'s own formulas (its ``flop_registry``).
+
+    The counting is FlopCounterMode's: an op with a formula is counted, one without is decomposed
+    and its parts counted. Its module bookkeeping is left out (the tracer's hooks do that).
+    """
+
+    # Normalisations decompose into elementwise ops only (0 FLOPs either way), and their Python
+    # decompositions import torch._decomp, a second of start-up: they are counted as they are.
+    NO_MATMUL = frozenset({"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+                           "native_layer_norm", "native_group_norm"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registry = FlopCounterMode(display=False).flop_registry
+        self.total = 0
+
+    def _dispatch(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                  kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        packet = func._overloadpacket
+        if (packet not in self.registry and func is not torch.ops.prim.device.default
+                and packet.__name__ not in self.NO_MATMUL):
+            with self:
+                decomposed = func.decompose(*args, **kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
+        out = func(*args, **kwargs)
+        if packet in self.registry:
+            self.total += self.registry[packet](*args, **kwargs, out_val=out)
+        return out
+
+
+# TorchDispatchMode wraps a subclass's own __torch_dispatch__ in torch._disable_dynamo, whose first
+# call imports torch._dynamo: over a second, more than the whole trace. Nothing here is compiled,
+# so the plain method is installed after the class is made.
+FlopCounter.__torch_dispatch__ = FlopCounter._dispatch  # type: ignore[method-assign]
+
 
 def op_name(func: Callable[..., Any]) -> str:
     name = getattr(func, "__name__", "") or ""
@@ -126,10 +166,10 @@ class Tracer(TorchFunctionMode):
         self.failure: Failure | None = None         # the failure whose exception escaped forward
         self.broadcasts: list[tuple[int, list[Shape], list[str | None], Shape]] = []
         self.batch_reshapes: list[tuple[int, str]] = []   # (record, call text) of reshapes that move the batch
-        self.flops: FlopCounterMode | None = None
+        self.flops: FlopCounter | None = None
 
     def _count(self) -> int:
-        return self.flops.get_total_flops() if self.flops is not None else 0
+        return self.flops.total if self.flops is not None else 0
 
     def _macs(self, flops: int) -> int:
         """FLOPs (2 per multiply-accumulate) of the whole batch -> MACs of one image."""
@@ -275,7 +315,7 @@ class Tracer(TorchFunctionMode):
                 handles.append(module.register_forward_pre_hook(self._pre))
                 handles.append(module.register_forward_hook(self._post, always_call=True))
             self.model.eval()
-            self.flops = FlopCounterMode(display=False)
+            self.flops = FlopCounter()
             with torch.no_grad(), device, self, self.flops:
                 return self.model(inputs)
         except Exception as exc:
