@@ -94,7 +94,8 @@ def test_seed_fixed_as_the_hint_says_fits() -> None:
         return model
 
     r = inspect_model(fixed, [2, 3, 32, 32], name)
-    assert r.ok and r.output == [[2, 10]] and not r.warnings
+    assert r.ok and r.output == [[2, 10]]
+    assert [w.module for w in r.warnings] == ["layer2.0"] and "the stem shrinks" in r.warnings[0].message
 
 
 @pytest.mark.parametrize("spec, module, cause, words", [
@@ -312,3 +313,35 @@ def test_string_padding_in_a_failing_block() -> None:
     r = real("StringPadding")
     assert not r.ok and r.error.cause == "residual-mismatch"
     assert "give `branch.0` padding=1" in r.error.hint and "30x30" in r.error.message
+
+
+# -- torchvision models and the stem warning ------------------------------------------------------
+
+def test_torchvision_models_by_name() -> None:
+    big = run("torchvision:resnet18", (2, 3, 224, 224))
+    assert big.ok and big.total_params == 11_689_512 and big.output == [[2, 1000]]
+    assert not [w for w in big.warnings if "stem" in w.message]
+    ten = inspect_model(resolve_model("torchvision:resnet18", num_classes=10)[1], [2, 3, 32, 32])
+    assert ten.output == [[2, 10]] and ten.total_params == 11_689_512 - 990 * 513
+    stem = [w for w in ten.warnings if "stem" in w.message]
+    assert len(stem) == 1 and stem[0].module == "layer1.0"
+    for words in ("shrinks the 32x32 input to 8x8", "`conv1` Conv2d 32x32->16x16", "`maxpool` MaxPool2d 16x16->8x8",
+                  "3x3 conv with stride 1", "no max-pool"):
+        assert words in stem[0].message
+    assert run("torchvision:mobilenet_v3_small").ok
+
+
+def test_cifar_stems_do_not_warn() -> None:
+    for name in ("resnet18", "airbench94", "vgg16"):
+        assert not [w for w in run(name).warnings if "stem" in w.message], name
+
+
+def test_torchvision_names_get_suggestions_and_num_classes_is_checked() -> None:
+    with pytest.raises(UsageError, match="did you mean torchvision:resnet18"):
+        resolve_model("torchvision:resnet81")
+    with pytest.raises(UsageError, match="takes no --num-classes"):
+        resolve_model("torchvision:raft_small", num_classes=10)[1]()
+    with pytest.raises(UsageError, match="takes no num_classes"):
+        resolve_model(f"{BROKEN}:TwoBranchCat", num_classes=10)
+    assert run("vgg16").output == [[2, 10]]
+    assert inspect_model(resolve_model("vgg16", num_classes=100)[1], [2, 3, 32, 32]).output == [[2, 100]]

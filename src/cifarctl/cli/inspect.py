@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 
 @handle_errors
 def inspect(
-    model: Annotated[str, typer.Argument(help="A model name (vgg16, resnet50), path/to/file.py:Name or package.module:Name.")],
+    model: Annotated[str, typer.Argument(help="A model name (vgg16, resnet50), torchvision:NAME, path/to/file.py:Name or package.module:Name.")],
     input_shape: Annotated[str, typer.Option("--input", "-i", help="Input shape CxHxW, or NxCxHxW with its batch.")] = "3x32x32",
     batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Images in the traced batch (default 2: a batch of 1 hides code that bakes the batch size in).")] = None,
     depth: Annotated[Optional[int], typer.Option("--depth", min=0, help="Show modules nested at most this deep.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", min=1, help="Build the model with this many classes (passed as num_classes=).")] = None,
     json_output: Json = False,
 ) -> None:
     """Show each layer's shapes, parameters and MACs; if the shapes stop fitting, say where, why and how to fix it.
@@ -37,12 +38,14 @@ def inspect(
       cifarctl inspect resnet50 --input 3x32x32
 
       cifarctl inspect my_resnet.py:ResNet50_layer4 --input 3x32x32 --depth 2
+
+      cifarctl inspect torchvision:resnet18 --num-classes 10 --depth 1
     """
     from cifarctl.models.user import resolve_model
     from cifarctl.trace import inspect_model, parse_input_shape
 
     shape = parse_input_shape(input_shape, batch)
-    name, factory = resolve_model(model)
+    name, factory = resolve_model(model, num_classes)
     result = inspect_model(factory, shape, name=name)
     if json_output:
         print_json(result.to_json())

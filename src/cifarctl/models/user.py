@@ -66,13 +66,48 @@ def _candidates(module: ModuleType) -> list[str]:
             or (inspect.isfunction(obj) and obj.__module__ == module.__name__)]
 
 
-def resolve_model(spec: str) -> tuple[str, Callable[[], nn.Module]]:
-    """``(display name, factory)`` for a registered name or a ``file.py:Name`` / ``module:Name`` spec.
+def _torchvision(name: str, num_classes: int | None) -> Callable[[], nn.Module]:
+    """A builder of ``torchvision.models`` (classification, detection, segmentation, video...), no weights."""
+    import torchvision.models
 
-    The factory builds the model with no arguments. Usage: ``name, make = resolve_model("vgg16")``
+    names = torchvision.models.list_models()
+    if name not in names:
+        close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(f'torchvision:{c}' for c in close)}?" if close else \
+            "`python -c \"import torchvision; print(torchvision.models.list_models())\"` lists them"
+        raise UsageError(f"torchvision has no model {name!r}: {hint}")
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+
+    def factory() -> nn.Module:
+        try:
+            return torchvision.models.get_model(name, weights=None, **extra)
+        except TypeError as exc:
+            if "num_classes" in str(exc):
+                raise UsageError(f"torchvision:{name} takes no --num-classes") from None
+            raise
+    return factory
+
+
+def _accepts_num_classes(obj: Callable[..., object]) -> bool:
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return False
+    return "num_classes" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def resolve_model(spec: str, num_classes: int | None = None) -> tuple[str, Callable[[], nn.Module]]:
+    """``(display name, factory)`` for a registered name, ``torchvision:NAME``, or a ``file.py:Name`` /
+    ``module:Name`` spec.
+
+    The factory builds the model with no arguments, or with ``num_classes`` where given (refused by
+    a model that takes none). Usage: ``name, make = resolve_model("torchvision:resnet18", 10)``
     """
+    extra = {} if num_classes is None else {"num_classes": num_classes}
     if is_model(spec):
-        return spec, lambda: create_model(spec)
+        return spec, lambda: create_model(spec, **extra)
+    if spec.startswith("torchvision:"):
+        return spec, _torchvision(spec.partition(":")[2], num_classes)
     if ":" not in spec:
         raise UsageError(unknown_model_message(spec) + " (or give path/to/file.py:ClassName)")
     where, _, attr = spec.rpartition(":")
@@ -94,8 +129,10 @@ def resolve_model(spec: str) -> tuple[str, Callable[[], nn.Module]]:
     if not callable(obj):
         raise UsageError(f"{spec} is not an nn.Module class or a function returning one")
 
+    if num_classes is not None and not _accepts_num_classes(obj):
+        raise UsageError(f"{spec} takes no num_classes argument, so --num-classes cannot be passed")
     try:
-        inspect.signature(obj).bind()
+        inspect.signature(obj).bind(**extra)
     except TypeError as exc:
         raise UsageError(f"{spec} cannot be built without arguments ({exc}); wrap it in a function "
                          "that returns the model") from None
@@ -104,7 +141,7 @@ def resolve_model(spec: str) -> tuple[str, Callable[[], nn.Module]]:
 
     def factory() -> nn.Module:
         try:
-            model = obj()
+            model = obj(**extra)
         except UsageError:
             raise
         except Exception as exc:  # noqa: BLE001  (a bug in the user's constructor is reported, not raised)

@@ -56,7 +56,7 @@ def _trace_once(model: nn.Module, shape: Shape, device: str, name: str) -> Trace
         activation_bytes=activation_bytes(records, shape[0]),
         output=shapes_of(output) if error is None else None, error=error,
         warnings=find_warnings(records, tracer.broadcasts, tracer.batch_reshapes, shape[0],
-                               shapes_of(output) if error is None else None),
+                               shapes_of(output) if error is None else None, shape),
         mode=device, failure=tracer.failure,
     )
 

@@ -302,11 +302,44 @@ def _suspicious_broadcast(op: str, a: Shape, b: Shape, sources: list[str | None]
     return batch_expanded or (spatial_expanded and not gate)
 
 
+SMALL_IMAGE = 64
+
+
+def _stem_warning(records: list[LayerRecord], input_shape: Shape | None) -> list[Warning_]:
+    """An ImageNet-style stem on small images: a quarter of the input's side left before the first residual block.
+
+    Small means up to 64x64 (CIFAR, Tiny ImageNet); at 224x224 that stem is the design.
+    """
+    if not input_shape or len(input_shape) != 4 or not 8 <= min(input_shape[2:]) <= SMALL_IMAGE:
+        return []
+    sums = [r for r in records if r.kind == "op" and r.type == "add" and r.parent is not None
+            and len(r.input) == 2 and r.input[0] == r.input[1] and len(r.input[0]) == 4]
+    if not sums:
+        return []
+    block = records[sums[0].parent]
+    if not block.input or len(block.input[0]) != 4 or block.parent is None:
+        return []
+    side, got = input_shape[2:], block.input[0][2:]
+    if not all(g * 4 <= s for g, s in zip(got, side)):
+        return []
+    first = records.index(block)
+    shrinkers = [r for r in records[:first] if r.kind == "module" and r.leaf and r.type in _CONV + _POOL
+                 and r.input and r.output and len(r.input[0]) == 4 and r.output[0][2:] != r.input[0][2:]]
+    how = ", ".join(f"`{r.module}` {r.type} {fmt_shape(r.input[0][2:])}->{fmt_shape(r.output[0][2:])}" for r in shrinkers)
+    return [Warning_(block.module, (
+        f"the stem shrinks the {fmt_shape(side)} input to {fmt_shape(got)} before the first residual block "
+        f"`{block.module}` ({block.type})" + (f": {how}" if how else "") + "; on small images such as CIFAR's "
+        "32x32 this costs accuracy. A CIFAR stem is a 3x3 conv with stride 1 and padding 1, and no max-pool "
+        "(for torchvision's ResNet: conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), "
+        "maxpool = nn.Identity())"))]
+
+
 def find_warnings(records: list[LayerRecord], broadcasts: list[tuple[int, list[Shape], list[str | None], Shape]],
                   reshapes: list[tuple[int, str]] | None = None, batch: int = 1,
-                  output: list[Shape] | None = None) -> list[Warning_]:
-    """Silent problems: residual sums that broadcast, batches reshaped away, maps that collapse to 1x1 early."""
-    warnings = []
+                  output: list[Shape] | None = None, input_shape: Shape | None = None) -> list[Warning_]:
+    """Silent problems: an early-shrinking stem, residual sums that broadcast, batches reshaped away,
+    maps that collapse to 1x1 early."""
+    warnings = _stem_warning(records, input_shape)
     for index, shapes, producers, result in broadcasts:
         op = records[index].type
         if not _suspicious_broadcast(op, shapes[0], shapes[1], producers):

@@ -32,14 +32,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from cifarctl.trace.records import COMPUTED, CONSTANT, INPUT, PARAMETER, Failure, LayerRecord, Shape
 
 # Tensor operations worth a row when a user module does them in its forward.
-ELEMENTWISE = {"add", "__add__", "__iadd__", "__radd__", "sub", "__sub__", "__isub__", "__rsub__",
-               "mul", "__mul__", "__imul__", "__rmul__", "div", "__truediv__", "__itruediv__", "__rtruediv__"}
+ELEMENTWISE = {"add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__", "__isub__", "__rsub__",
+               "mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_", "__truediv__", "__itruediv__",
+               "__rtruediv__"}
 JOIN = {"cat", "concat", "concatenate", "stack"}
 RESHAPE = {"view", "reshape", "flatten"}
 MATMUL = {"matmul", "__matmul__", "mm", "bmm", "einsum", "linear", "conv1d", "conv2d", "conv3d",
           "scaled_dot_product_attention"}
 WATCHED = ELEMENTWISE | JOIN | RESHAPE | MATMUL
-_CANONICAL = {"__add__": "add", "__iadd__": "add", "__radd__": "add", "__sub__": "sub", "__isub__": "sub",
+_CANONICAL = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div", "__add__": "add", "__iadd__": "add", "__radd__": "add", "__sub__": "sub", "__isub__": "sub",
               "__rsub__": "sub", "__mul__": "mul", "__imul__": "mul", "__rmul__": "mul", "__truediv__": "div",
               "__itruediv__": "div", "__rtruediv__": "div", "concat": "cat", "concatenate": "cat",
               "__matmul__": "matmul"}
