@@ -10,9 +10,11 @@ import typer
 from cifarctl import __version__
 from cifarctl.cli.download import download
 from cifarctl.cli.evaluate import evaluate
+from cifarctl.cli.export import export
 from cifarctl.cli.inspect import inspect
 from cifarctl.cli.models import models
-from cifarctl.cli.options import OptionalValueCommand
+from cifarctl.cli.options import ImagesAfterCkptCommand, OptionalValueCommand
+from cifarctl.cli.predict import predict
 from cifarctl.cli.runs import runs
 from cifarctl.cli.train import train
 
@@ -42,6 +44,8 @@ app.command()(download)
 app.command()(inspect)
 app.command(cls=OptionalValueCommand)(train)
 app.command(cls=OptionalValueCommand)(evaluate)
+app.command(cls=ImagesAfterCkptCommand)(predict)
+app.command(cls=OptionalValueCommand)(export)
 app.command()(runs)
 app.command()(models)
 

@@ -29,10 +29,25 @@ class OptionalValueCommand(TyperCommand):
 
     optional_value: tuple[str, ...] = ("--ckpt", "--resume")
 
+    def takes_value(self, following: str) -> bool:
+        """Whether the argument after a bare-able option is its value."""
+        return not following.startswith("-")
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         rewritten: list[str] = []
         for i, arg in enumerate(args):
             rewritten.append(arg)
-            if arg in self.optional_value and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            if arg in self.optional_value and (i + 1 == len(args) or not self.takes_value(args[i + 1])):
                 rewritten.append(NEWEST)
         return super().parse_args(ctx, rewritten)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class ImagesAfterCkptCommand(OptionalValueCommand):
+    """``predict MODEL --ckpt cat.jpg``: a bare ``--ckpt`` followed by images or folders, not a checkpoint."""
+
+    def takes_value(self, following: str) -> bool:
+        path = Path(following)
+        return super().takes_value(following) and not path.is_dir() and path.suffix.lower() not in IMAGE_SUFFIXES

@@ -76,6 +76,7 @@ def train(
     save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help="Checkpoint every N steps (default: every 3 minutes) and at each epoch end.")] = None,
     amp: Annotated[Flag, typer.Option("--amp/--no-amp", help="Mixed-precision training: bf16 (or fp16) on CUDA, bf16 on CPUs that compute it natively (default on).")] = None,
     eval_amp: Annotated[Flag, typer.Option("--eval-amp/--no-eval-amp", help="Mixed-precision evaluation (default off: fp32, as `cifarctl evaluate`).")] = None,
+    tensorboard: Annotated[Flag, typer.Option("--tensorboard/--no-tensorboard", help="Also write the scalars of metrics.jsonl to RUN/tensorboard/ (pip install 'cifarctl[tensorboard]').")] = None,
     channels_last: Annotated[Flag, typer.Option("--channels-last/--no-channels-last", help="Memory format (default: on for CUDA and for CPU bf16).")] = None,
     compile_model: Annotated[Flag, typer.Option("--compile", help="torch.compile the model.")] = None,
     sync_bn: Annotated[Flag, typer.Option("--sync-bn", help="Under torchrun: BatchNorm statistics over the global batch.")] = None,
@@ -116,6 +117,7 @@ def train(
         weight_decay=weight_decay, norm_weight_decay=norm_weight_decay, lr_units=lr_units, lr_schedule=lr_schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, translate=translate, flip=flip, ema=ema,
         whiten=whiten, tta=tta, val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp,
+        tensorboard=tensorboard,
         channels_last=channels_last, compile=compile_model, sync_bn=sync_bn,
         max_steps=max_steps, save_every=save_every, device=device if device != "auto" else None,
         eval=False if no_eval else None)
@@ -127,6 +129,10 @@ def train(
         from cifarctl.plots import require_plotting
 
         require_plotting()
+    if tensorboard:
+        from cifarctl.engine.metrics import require_tensorboard
+
+        require_tensorboard()
     run_dir, loaded = None, None
     if resume is not None:
         run_dir = latest_run_dir(model) if resume == NEWEST else Path(resume).expanduser()

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from cifarctl.data.cifar10 import CIFAR10, CLASSES
+from cifarctl.data.images import to_rgb
 from cifarctl.errors import DatasetError
 from cifarctl.progress import NullProgress, Progress
 
@@ -137,11 +138,7 @@ def _decode_image(raw: bytes, name: str, converted: Counter[str]) -> np.ndarray:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()  # decode now: a truncated file fails here, not later
             mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits, don't clip
-                wide = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray(np.round(wide / (65535 if mode.startswith("I;16") else wide.max() or 1) * 255)
-                                      .astype(np.uint8))
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            array = np.asarray(to_rgb(img), dtype=np.uint8)
     except Exception as exc:  # noqa: BLE001  (PIL raises many types on bad files)
         raise DatasetError(f"cannot read image {name} ({exc}): replace or remove it") from None
     if mode != "RGB":

@@ -69,6 +69,7 @@ class TrainConfig:
     log_every: int = 50              # optimizer steps between metrics.jsonl step records
     amp: bool = True                 # mixed-precision training: CUDA bf16 (else fp16); CPU bf16 where native
     eval_amp: bool = False           # mixed-precision evaluation; fp32 by default, as `cifarctl evaluate`
+    tensorboard: bool = False        # also write metrics.jsonl's scalars to RUN/tensorboard/ (the tensorboard extra)
     channels_last: bool | None = None  # None: on for CUDA and CPU bf16, off for CPU fp32
     compile: bool = False            # torch.compile the model
     sync_bn: bool = False            # under DDP: BatchNorm statistics over the global batch (SyncBatchNorm)

@@ -10,6 +10,7 @@ import torch
 
 from cifarctl.atomic import write_text
 from cifarctl.engine.distributed import all_reduce_sum
+from cifarctl.errors import UsageError
 
 
 class RunningMetrics:
@@ -54,15 +55,67 @@ class RunningMetrics:
         self.count = int(state["count"])
 
 
+TENSORBOARD_EXTRA = "pip install 'cifarctl[tensorboard]'"
+
+# metrics.jsonl field -> TensorBoard tag, per record type.
+_TAGS = {
+    "step": {"loss": "train/loss", "acc": "train/accuracy", "lr": "train/lr", "images_per_s": "train/images_per_s"},
+    "epoch": {"train_loss": "epoch/train_loss", "train_acc": "epoch/train_accuracy", "lr": "epoch/lr",
+              "test_loss": "test/loss", "test_acc": "test/accuracy", "val_loss": "val/loss", "val_acc": "val/accuracy"},
+    "final": {"test_loss": "final/test_loss", "test_acc": "final/test_accuracy",
+              "best_test_loss": "final/best_test_loss", "best_test_acc": "final/best_test_accuracy"},
+}
+
+
+def require_tensorboard() -> None:
+    """Fail with the install command unless ``torch.utils.tensorboard`` can be used."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--tensorboard needs the tensorboard package: {TENSORBOARD_EXTRA}") from None
+
+
+class TensorBoardWriter:
+    """Scalars of metrics.jsonl's records in ``log_dir`` (``RUN/tensorboard``), by global step.
+
+    ``purge_step``: on resume, events at or after it are dropped, as metrics.jsonl drops its records.
+    """
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = int(record.get("global_step", 0))
+        for key, tag in _TAGS.get(str(record.get("type")), {}).items():
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per line, appended and flushed as it goes."""
+    """``metrics.jsonl``: one JSON object per line, appended and flushed as it goes (and mirrored to
+    TensorBoard when ``mirror`` is set)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.mirror: TensorBoardWriter | None = None
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.mirror is not None:
+            self.mirror.write(record)
+
+    def close(self) -> None:
+        if self.mirror is not None:
+            self.mirror.close()
+            self.mirror = None
 
     def truncate_after(self, global_step: int) -> None:
         """Drop records written after ``global_step`` (they belong to work a resume repeats)."""

@@ -31,7 +31,7 @@ from cifarctl.engine.config import TrainConfig
 from cifarctl.engine.device import autocast_dtype, resolve_device
 from cifarctl.engine.evaluate import EvalResult, evaluate_model
 from cifarctl.engine.ema import Lookahead
-from cifarctl.engine.metrics import MetricsLog, RunningMetrics
+from cifarctl.engine.metrics import MetricsLog, RunningMetrics, TensorBoardWriter
 from cifarctl.engine.runs import register_run
 from cifarctl.engine.schedule import build_optimizer, build_scheduler, schedule_steps
 from cifarctl.errors import CheckpointError, CifarctlError, UsageError
@@ -241,6 +241,7 @@ class Trainer:
             "config": self.cfg.to_dict(), "running": self.running.state_dict(), "best_accuracy": self.best_accuracy,
             "metrics": self._metrics_summary(), "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "last_train": list(self.last_train), "best_selected_on": self.best_selected_on,
+            "classes": list(self.data.classes),
         }
 
     def _metrics_summary(self) -> dict[str, Any]:
@@ -419,6 +420,15 @@ class Trainer:
             write_text(self.run_dir / "config.json", json.dumps(
                 {**cfg.to_dict(), "world_size": self.dist.world_size, "best_selected_on": self.best_selected_on},
                 indent=2) + "\n")
+        if cfg.tensorboard and self.dist.is_main:
+            self.log.mirror = TensorBoardWriter(self.run_dir / "tensorboard", purge_step=self.global_step or None)
+        try:
+            return self._run()
+        finally:
+            self.log.close()
+
+    def _run(self) -> TrainResult:
+        cfg = self.cfg
         started = last_save = time.perf_counter()
         images_seen, train_seconds = 0, 0.0
         while self.epoch < cfg.epochs and not self._done():
@@ -480,7 +490,7 @@ def train(cfg: TrainConfig, data: CIFAR10, out_dir: Path | None = None, progress
 
 
 # Settings that may change when a run is resumed: none of them alters the part already trained.
-RESUMABLE = frozenset({"epochs", "device", "max_steps", "eval", "save_every", "log_every"})
+RESUMABLE = frozenset({"epochs", "device", "max_steps", "eval", "save_every", "log_every", "tensorboard"})
 
 
 def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:

@@ -1,0 +1,44 @@
+"""The command line answers help and completion without importing torch (timings: bench/startup.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import atexit, os, sys
+atexit.register(lambda: os.write(2, b"\\nTORCH-IMPORTED\\n" if "torch" in sys.modules else b"\\nNO-TORCH\\n"))
+sys.argv = ["cifarctl", *sys.argv[1:]]
+from cifarctl.cli import app
+app()
+"""
+
+COMMANDS = ["download", "inspect", "train", "evaluate", "predict", "export", "runs", "models"]
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args", [["--help"], *[[c, "--help"] for c in COMMANDS]])
+def test_help_does_not_import_torch(args: list[str]) -> None:
+    done = _run(args)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout and "NO-TORCH" in done.stderr
+
+
+@pytest.mark.parametrize("words, cword, expected", [("cifarctl tr", "1", "train"),
+                                                    ("cifarctl inspect --ba", "2", "--batch")])
+def test_completion_is_on_and_does_not_import_torch(words: str, cword: str, expected: str) -> None:
+    # What bash's completion function runs on <TAB> (Click's protocol; `--show-completion` prints it).
+    done = _run([], {"_CIFARCTL_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword})
+    assert expected in done.stdout.split() and "NO-TORCH" in done.stderr
+
+
+def test_install_completion_is_offered() -> None:
+    done = _run(["--help"])
+    assert "--install-completion" in done.stdout and "--show-completion" in done.stdout
