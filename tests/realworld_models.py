@@ -169,3 +169,15 @@ class StringPadding(nn.Module):
 
     def forward(self, x):
         return self.branch(x) + self.shortcut(x)
+
+
+class RowsFromFeatures(nn.Module):
+    """``x.view(-1, 64)`` runs at any batch, but turns 2 images into 4 rows: the output batch is wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.MaxPool2d(2))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).view(-1, 64))

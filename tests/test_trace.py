@@ -345,3 +345,11 @@ def test_torchvision_names_get_suggestions_and_num_classes_is_checked() -> None:
         resolve_model(f"{BROKEN}:TwoBranchCat", num_classes=10)
     assert run("vgg16").output == [[2, 10]]
     assert inspect_model(resolve_model("vgg16", num_classes=100)[1], [2, 3, 32, 32]).output == [[2, 100]]
+
+
+def test_a_reshape_that_changes_the_output_batch_warns() -> None:
+    r = real("RowsFromFeatures")
+    assert r.ok and r.output == [[4, 10]]
+    [warning] = r.warnings
+    assert "`x.view(-1, 64)`" in warning.message and "returns 4x10 for 2 images" in warning.message
+    assert "x.flatten(1)" in warning.message

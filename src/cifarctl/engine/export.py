@@ -9,13 +9,13 @@ already normalised; outputs are logits.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cifarctl.atomic import atomic_path
 from cifarctl.engine.inference import SIZE, TrainedModel
 from cifarctl.errors import CifarctlError, UsageError
 
@@ -96,11 +96,9 @@ def export_model(trained: TrainedModel, fmt: str, out: Path) -> ExportResult:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder: give a file name, e.g. {out / (trained.name + '.' + fmt)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     model = trained.model.float().eval()
     example = torch.zeros(2, 3, SIZE, SIZE, device=trained.device)
-    try:
+    with atomic_path(out) as tmp:
         if fmt == "onnx":
             _onnx(trained, example, tmp)
         elif fmt == "safetensors":
@@ -113,9 +111,6 @@ def export_model(trained: TrainedModel, fmt: str, out: Path) -> ExportResult:
                 warnings.simplefilter("ignore", FutureWarning)   # torch.jit's deprecation notice
                 scripted = torch.jit.trace(model, example)
                 torch.jit.save(scripted, str(tmp), _extra_files={"cifarctl.json": json.dumps(model_info(trained))})
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     result = ExportResult(out, fmt, out.stat().st_size)
     if fmt == "onnx":
         result.max_abs_diff = check_onnx(trained, out)
