@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,18 @@ def test_completion_is_on_and_does_not_import_torch(words: str, cword: str, expe
 def test_install_completion_is_offered() -> None:
     done = _run(["--help"])
     assert "--install-completion" in done.stdout and "--show-completion" in done.stdout
+
+
+@pytest.mark.parametrize("spec, code", [("vgg16", 0), ("fixtures/seed_resnet.py:ResNet50_layer4", 1), ("vgg61", 2)])
+def test_quick_exit_keeps_the_output_and_the_exit_code(spec: str, code: int) -> None:
+    # Read-only commands end the process without torch's slow teardown: nothing may be lost.
+    here = os.path.dirname(__file__)
+    model = os.path.join(here, spec) if ".py:" in spec else spec
+    done = subprocess.run([sys.executable, "-m", "cifarctl", "inspect", model, "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == code, done.stderr
+    if code == 2:
+        assert done.stderr.startswith("error: unknown model 'vgg61'") and not done.stdout
+    else:
+        report = json.loads(done.stdout)
+        assert report["ok"] is (code == 0) and report["total_params"] > 0

@@ -232,8 +232,8 @@ def _batch_baked(rec: LayerRecord, index: int, records: list[LayerRecord],
                  reshapes: list[tuple[int, str]], batch: int) -> tuple[str, str, str] | None:
     """A failure downstream of a reshape that moved the batch dimension: the reshape is the bug."""
     before = [(i, call) for i, call in reshapes if i < index]
-    if not before:
-        return None
+    if not before or not rec.input or not rec.input[0] or rec.input[0][0] == batch:
+        return None   # the layer that failed still sees one row per image: the reshape is not to blame
     i, call = before[-1]
     op = records[i]
     owner = records[op.parent] if op.parent is not None else rec
