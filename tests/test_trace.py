@@ -51,7 +51,8 @@ def _same_report(a, b) -> dict:
 
 @pytest.mark.parametrize("spec", ["resnet50", "vgg16", "airbench94", SEED, f"{BROKEN}:TwoBranchCat",
                                   f"{BROKEN}:linear_mismatch", f"{HERE / 'realworld_models.py'}:Attention",
-                                  f"{HERE / 'realworld_models.py'}:BatchOneView"])
+                                  f"{HERE / 'realworld_models.py'}:BatchOneView",
+                                  f"{HERE / 'realworld_models.py'}:TinyTransformer"])
 def test_meta_and_cpu_give_the_same_report(spec: str) -> None:
     on_meta, on_cpu = run(spec, device="meta"), run(spec, device="cpu")
     assert (on_meta.mode, on_cpu.mode) == ("meta", "cpu") and not on_meta.fallback
@@ -270,6 +271,12 @@ def test_attention_einsum_and_functional_layers_count_macs() -> None:
     assert attn.macs == projections + scores
     einsum = next(x for x in r.layers if x.type == "einsum")
     assert einsum.macs == dim * 10       # torch sums over the tokens first, then contracts the channels
+    tiny = real("TinyTransformer")
+    attention = 2 * 16 * 16 * 32                         # scores and weighted sum, 16 tokens of 32 channels
+    encoder = next(x for x in tiny.layers if x.module == "encoder")
+    assert encoder.macs == 4 * 16 * 32 * 32 + attention + 2 * 16 * 32 * 64   # projections, attention, MLP
+    sdpa = next(x for x in tiny.layers if x.type == "scaled_dot_product_attention")
+    assert sdpa.macs == attention
     f = real("FunctionalConv")
     assert f.total_macs == 8 * 3 * 9 * 32 * 32 + 8 * 10
     assert [x.type for x in f.layers if x.kind == "op"] == ["conv2d", "linear"]
@@ -353,3 +360,8 @@ def test_a_reshape_that_changes_the_output_batch_warns() -> None:
     [warning] = r.warnings
     assert "`x.view(-1, 64)`" in warning.message and "returns 4x10 for 2 images" in warning.message
     assert "x.flatten(1)" in warning.message
+
+
+def test_global_pooling_in_a_gate_is_not_a_collapse() -> None:
+    assert real("SqueezeExcite").warnings == []
+    assert any("1x1" in w.message for w in run(SEED).warnings)        # a strided conv that collapses still warns

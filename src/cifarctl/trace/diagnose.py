@@ -364,11 +364,20 @@ def find_warnings(records: list[LayerRecord], broadcasts: list[tuple[int, list[S
 _VERBS = {"add": "adds", "sub": "subtracts", "mul": "multiplies", "div": "divides"}
 
 
+def _global_pool(rec: LayerRecord) -> bool:
+    """Pooling meant to reach 1x1 (a classifier head, a squeeze-and-excitation gate): not a collapse."""
+    if rec.type.startswith("Adaptive"):
+        return True
+    kernel = rec.config.get("kernel_size")
+    return rec.type in _POOL and kernel is not None and _pair(kernel) == rec.input[0][2:]
+
+
 def _collapse_warning(records: list[LayerRecord]) -> list[Warning_]:
     leaves = [r for r in records if r.kind == "module" and r.leaf and r.output and r.input]
     for i, r in enumerate(leaves):
         out, inp = r.output[0], r.input[0]
-        if len(out) == 4 and out[2:] == [1, 1] and len(inp) == 4 and inp[2] * inp[3] > 1:
+        if (len(out) == 4 and out[2:] == [1, 1] and len(inp) == 4 and inp[2] * inp[3] > 1
+                and not _global_pool(r)):
             later = [x for x in leaves[i + 1:] if x.type in _CONV + _POOL
                      and max(_pair(x.config.get("kernel_size", 1))) > 1]
             if later:

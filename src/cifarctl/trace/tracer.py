@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -309,6 +310,7 @@ class Tracer(TorchFunctionMode):
         """
         handles = []
         modes = {m: m.training for m in self.model.modules()}
+        fastpath = torch.backends.mha.get_fastpath_enabled()
         device = torch.device("meta") if inputs.device.type == "meta" else nullcontext()
         self._alive.append(inputs)
         try:
@@ -317,12 +319,17 @@ class Tracer(TorchFunctionMode):
                 handles.append(module.register_forward_hook(self._post, always_call=True))
             self.model.eval()
             self.flops = FlopCounter()
-            with torch.no_grad(), device, self, self.flops:
+            # Attention's CPU kernels (MultiheadAttention's fast path, the fused CPU scaled-dot-product
+            # kernel) have no FLOP formula: trace the plain math path, which computes the same shapes,
+            # so attention counts on the CPU as it does on meta.
+            torch.backends.mha.set_fastpath_enabled(False)
+            with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), device, self, self.flops:
                 return self.model(inputs)
         except Exception as exc:
             self.failure = self._failure_of(exc)
             raise
         finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
             for handle in handles:
                 handle.remove()
             for module, training in modes.items():
