@@ -107,7 +107,8 @@ def render(result: TraceResult, console: Console, depth: int | None = None) -> N
     if result.ok:
         console.print(f"Output: [bold green]{_shapes(result.output)}[/]")
     for warning in result.warnings:
-        console.print(Text.assemble(("warning ", "bold yellow"), (f"{warning.module}: ", "yellow"), warning.message))
+        where = warning.module or result.model.rsplit(":", 1)[-1]
+        console.print(Text.assemble(("warning ", "bold yellow"), (f"{where}: ", "yellow"), warning.message))
     if result.error is not None:
         error = result.error
         console.print(Text.assemble(("✗ the input does not fit at ", "bold red"),

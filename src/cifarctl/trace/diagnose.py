@@ -345,9 +345,11 @@ def find_warnings(records: list[LayerRecord], broadcasts: list[tuple[int, list[S
         if not _suspicious_broadcast(op, shapes[0], shapes[1], producers):
             continue
         parent = records[index].module
+        owner = records[records[index].parent] if records[index].parent is not None else records[0]
+        who = f"`{parent}`" if parent else _where(owner)
         what = "a residual sum's branches should match" if op in {"add", "sub"} else "both maps should match"
         warnings.append(Warning_(parent, (
-            f"`{parent}` {_VERBS.get(op, op + 's')} {_describe_operands(shapes, producers)}: the shapes differ and "
+            f"{who} {_VERBS.get(op, op + 's')} {_describe_operands(shapes, producers)}: the shapes differ and "
             f"broadcast silently to {fmt_shape(result, batch=False)}; {what} "
             f"({_branch_fix(records, shapes, producers)})")))
     if reshapes and output and output[0] and output[0][0] != batch:
