@@ -1,6 +1,12 @@
 """Errors a user can act on. The CLI prints their message as one line; the library raises them."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class CifarctlError(Exception):
     """Base class: the message says what went wrong and what to do."""
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from cifarctl import __version__, paths
 from cifarctl.atomic import atomic_path
-from cifarctl.errors import CheckpointError
+from cifarctl.errors import CheckpointError, first_line
 
 FORMAT_VERSION = 1
 
@@ -129,7 +129,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
                                   "refusing it (save only tensors: torch.save(model.state_dict(), f))") from None
         raise CheckpointError(f"{path} is not a checkpoint (not a torch.save file)") from None
     except Exception as exc:  # noqa: BLE001  (the unpickler raises anything on garbage: IndexError, KeyError ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{path} is not a readable checkpoint: truncated, damaged or not a torch.save "
                               f"file ({first[:120]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and _is_state_dict(obj["model"]):

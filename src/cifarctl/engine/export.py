@@ -17,7 +17,7 @@ import torch
 
 from cifarctl.atomic import atomic_path
 from cifarctl.engine.inference import SIZE, TrainedModel
-from cifarctl.errors import CifarctlError, UsageError
+from cifarctl.errors import CifarctlError, UsageError, first_line
 
 FORMATS = ("onnx", "safetensors", "torchscript")
 EXTRA = "pip install 'cifarctl[export]'"
@@ -64,7 +64,7 @@ def _onnx(trained: TrainedModel, example: torch.Tensor, tmp: Path) -> None:
         torch.onnx.export(trained.model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
                           dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
     except Exception as exc:  # noqa: BLE001  (the exporter raises many types)
-        raise CifarctlError(f"ONNX export of {trained.name} failed: {str(exc).strip().splitlines()[0]}") from None
+        raise CifarctlError(f"ONNX export of {trained.name} failed: {first_line(exc)}") from None
     proto = onnx.load(str(tmp))
     for key, value in metadata(trained).items():
         entry = proto.metadata_props.add()

@@ -15,7 +15,7 @@ from typing import Callable
 
 from torch import nn
 
-from cifarctl.errors import UsageError
+from cifarctl.errors import UsageError, first_line
 from cifarctl.models.registry import create_model, is_model, unknown_model_message
 
 
@@ -39,8 +39,7 @@ def _load_file(path: Path) -> ModuleType:
 
 
 def _what(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def _where(exc: BaseException, path: Path | None) -> str:

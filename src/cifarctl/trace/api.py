@@ -99,6 +99,8 @@ def inspect_model(factory: Callable[[], nn.Module] | nn.Module, input_shape: Sha
     memory are per image; the batch (``input_shape[0]``) shows in the shapes.
     Usage: ``inspect_model(lambda: create_model("vgg16"), [2, 3, 32, 32])``
     """
+    if device not in (None, "meta", "cpu"):
+        raise ValueError(f"device must be None, 'meta' or 'cpu', not {device!r}")
     if isinstance(factory, nn.Module):
         own = next((p.device.type for p in factory.parameters()), "cpu")
         return _trace_once(factory, input_shape, own, name or type(factory).__name__)

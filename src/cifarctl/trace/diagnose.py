@@ -240,7 +240,7 @@ def _batch_baked(rec: LayerRecord, index: int, records: list[LayerRecord],
     got, made = op.input[0], op.output[0] if op.output else []
     keeps = f"keeps batch {made[0]} only" if made and made[0] < batch else f"makes {made[0] if made else '?'} rows"
     message = (f"`{call or op.type}` in {_where(owner)} {keeps}: it turns the {fmt_shape(got)} batch into "
-               f"{fmt_shape(made)}, so {_where(rec)} gets {fmt_shape(rec.input[0]) if rec.input else '?'}; "
+               f"{fmt_shape(made)}, so {_where(rec)} gets {fmt_shape(rec.input[0])}; "
                f"each of the {batch} images should keep its own row")
     per_sample = math.prod(got[1:])
     hint = (f"use `x.flatten(1)` (or `x.view(x.size(0), -1)`) instead of `{call or op.type}`; each image has "

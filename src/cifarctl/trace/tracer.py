@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from cifarctl.errors import first_line
 from cifarctl.trace.records import COMPUTED, CONSTANT, INPUT, PARAMETER, Failure, LayerRecord, Shape
 
 # Tensor operations worth a row when a user module does them in its forward.
@@ -210,7 +211,7 @@ class Tracer(TorchFunctionMode):
         record.macs = self._macs(self._count() - frame.flops)
         if exc is not None and output is None:   # this call raised; the exception passes through it
             if id(exc) not in self.failures:
-                self._note(exc, Failure(_first_line(exc), type(exc).__name__, [f.index for f in self.stack]))
+                self._note(exc, Failure(first_line(exc), type(exc).__name__, [f.index for f in self.stack]))
             self.stack.pop()
             return
         self.stack.pop()
@@ -269,7 +270,7 @@ class Tracer(TorchFunctionMode):
         except Exception as exc:
             if id(exc) not in self.failures:
                 self._note(exc, Failure(
-                    message=_first_line(exc), exception=type(exc).__name__, stack=[f.index for f in self.stack],
+                    message=first_line(exc), exception=type(exc).__name__, stack=[f.index for f in self.stack],
                     op=name if watched else None, operands=[list(t.shape) for t in tensors],
                     producers=[self.source(t) for t in tensors],
                     devices=sorted({t.device.type for t in _tensors(args) + _tensors(kwargs)}),
@@ -343,12 +344,7 @@ class Tracer(TorchFunctionMode):
                 return self.failures[id(cause)][1]
             seen.add(id(cause))
             cause = cause.__cause__ or cause.__context__
-        return Failure(_first_line(exc), type(exc).__name__, [0] if self.records else [])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        return Failure(first_line(exc), type(exc).__name__, [0] if self.records else [])
 
 
 def activation_bytes(records: list[LayerRecord], batch: int) -> int:
