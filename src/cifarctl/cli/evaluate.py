@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from cifarctl.cli.options import NEWEST, BatchSize, DataChoice, Device, Json, Offline, Verify
+from cifarctl.cli.options import Ckpt, BatchSize, DataChoice, Device, Json, Offline, Verify, checkpoint_path
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
 
 if TYPE_CHECKING:
@@ -18,8 +18,7 @@ if TYPE_CHECKING:
 @handle_errors
 def evaluate(
     model: Annotated[str, typer.Argument(help="Model name, e.g. vgg16 or resnet50.")],
-    ckpt: Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint file (cifarctl's or a raw state_dict); "
-                                                "bare or omitted: the newest checkpoint of MODEL.")] = None,
+    ckpt: Ckpt = None,
     device: Device = "auto",
     batch_size: BatchSize = 100,
     data: DataChoice = "cifar10",
@@ -43,11 +42,10 @@ def evaluate(
     err = err_console()
     from cifarctl.cli.data import load_data
     from cifarctl.engine import evaluate as run_evaluation
-    from cifarctl.engine import find_latest
     from cifarctl.models import create_model
 
     create_model(model)  # an unknown name fails here, before any data is loaded
-    path = find_latest(model) if ckpt in (None, NEWEST) else Path(ckpt).expanduser()
+    path = checkpoint_path(model, ckpt)
     dataset = load_data(data, offline, quiet=json_output, verify=verify)
     err.print(f"evaluating {model} from {path}")
     result = run_evaluation(model, path, dataset, device=device, batch_size=batch_size or 100, amp=amp,

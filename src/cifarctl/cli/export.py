@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from cifarctl.cli.options import NEWEST, Json
+from cifarctl.cli.options import Ckpt, Json, checkpoint_path
 from cifarctl.cli.render import err_console, handle_errors, out_console, print_json
 
 
@@ -16,7 +16,7 @@ def export(
     model: Annotated[str, typer.Argument(help="Model name, e.g. airbench94 or vgg16.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (replaced atomically).")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="onnx (dynamic batch axis), safetensors (state_dict) or torchscript.")] = "onnx",
-    ckpt: Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint file (cifarctl's or a raw state_dict); bare or omitted: the newest checkpoint of MODEL.")] = None,
+    ckpt: Ckpt = None,
     json_output: Json = False,
 ) -> None:
     """Export a checkpoint to ONNX, safetensors or TorchScript, with the model name, classes, mean and std.
@@ -31,13 +31,12 @@ def export(
 
       cifarctl export vgg16 --ckpt vgg16_250.pt --format safetensors --out vgg16.safetensors
     """
-    from cifarctl.engine import find_latest
     from cifarctl.engine.export import export_model
     from cifarctl.engine.inference import load_trained
     from cifarctl.models import model_card
 
     model_card(model)  # an unknown name fails here, with close matches
-    path = find_latest(model) if ckpt in (None, NEWEST) else Path(ckpt).expanduser()
+    path = checkpoint_path(model, ckpt)
     trained = load_trained(model, path, "cpu")
     result = export_model(trained, fmt.lower(), out.expanduser())
     if json_output:

@@ -19,6 +19,18 @@ OutDir = Annotated[Optional[Path], typer.Option("--out", help="Run folder (defau
 # Sentinel for an option given without its value (``--ckpt`` alone means "the newest checkpoint").
 NEWEST = "\0newest"
 
+Ckpt = Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint file (cifarctl's or a raw state_dict); bare "
+                                              "or omitted: the newest checkpoint of MODEL.")]
+
+
+def checkpoint_path(model: str, ckpt: str | None) -> Path:
+    """The file a ``--ckpt`` names; bare or omitted: MODEL's newest checkpoint."""
+    if ckpt in (None, NEWEST):
+        from cifarctl.engine.checkpoint import find_latest
+
+        return find_latest(model)
+    return Path(ckpt).expanduser()
+
 
 class OptionalValueCommand(TyperCommand):
     """A command whose options in ``optional_value`` may be given bare: ``--ckpt`` means NEWEST.

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cifarctl.cli.options import NEWEST, Device, Json
+from cifarctl.cli.options import Ckpt, Device, Json, checkpoint_path
 from cifarctl.cli.render import err_console, handle_errors, out_console, print_json
 
 
@@ -16,7 +16,7 @@ from cifarctl.cli.render import err_console, handle_errors, out_console, print_j
 def predict(
     model: Annotated[str, typer.Argument(help="Model name, e.g. airbench94 or vgg16.")],
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, anything PIL reads) or folders (read recursively, in sorted order).")],
-    ckpt: Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint file (cifarctl's or a raw state_dict); bare or omitted: the newest checkpoint of MODEL.")] = None,
+    ckpt: Ckpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show per image.")] = 3,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over flips and 1-pixel shifts (TTA level 2). Default: the level the checkpoint's run reported with.")] = None,
     device: Device = "cpu",
@@ -35,12 +35,11 @@ def predict(
 
       cifarctl predict vgg16 --ckpt vgg16_250.pt photos/ --top-k 1 --json
     """
-    from cifarctl.engine import find_latest
     from cifarctl.engine.inference import predict as run_predict
     from cifarctl.models import model_card
 
     model_card(model)  # an unknown name fails here, with close matches
-    path = find_latest(model) if ckpt in (None, NEWEST) else Path(ckpt).expanduser()
+    path = checkpoint_path(model, ckpt)
     result = run_predict(model, path, images, top_k=top_k, tta=None if tta is None else (2 if tta else 0),
                          device=device)
     err = err_console()
