@@ -195,3 +195,18 @@ def test_export_cli_and_its_errors(checkpoint: Path, tmp_path: Path, monkeypatch
                                   "--out", str(tmp_path / "y.safetensors")])
     assert missing.exit_code == 2 and "pip install 'cifarctl[export]'" in missing.output
     assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_a_bare_ckpt_before_images_means_the_newest(checkpoint: Path, pictures: dict[str, Path], home: Path) -> None:
+    import shutil
+
+    from cifarctl import paths
+
+    run = paths.runs_root() / "airbench94" / "20260101-000000"
+    run.mkdir(parents=True)
+    shutil.copy(checkpoint, run / "last.pt")
+    done = CliRunner().invoke(app, ["predict", "airbench94", "--ckpt", str(pictures["jpeg"]), str(pictures["folder"]),
+                                    "--json"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout)
+    assert report["checkpoint"] == str(run / "last.pt") and len(report["predictions"]) == 4
