@@ -48,3 +48,21 @@ def test_train_flag_and_missing_package(tmp_path: Path, cached, monkeypatch: pyt
                                   "--tensorboard", "--out", str(tmp_path / "s")])
     assert missing.exit_code == 2 and "pip install 'cifarctl[tensorboard]'" in missing.output
     assert not (tmp_path / "s").exists()
+
+
+def test_a_resumed_run_drops_the_events_after_its_checkpoint(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from cifarctl.engine import resume
+
+    data = tiny_dataset()
+    cfg = TrainConfig(model="resnet50", epochs=2, batch_size=50, device="cpu", log_every=1, max_steps=3,
+                      tensorboard=True, eval=False)
+    run = train(cfg, data, out_dir=tmp_path / "run").run_dir
+    stray = SummaryWriter(str(run / "tensorboard"))     # a crash after step 3 had logged steps 4 and 5
+    for step in (4, 5):
+        stray.add_scalar("train/loss", 99.0, step)
+    stray.close()
+    resume(run, data, {"max_steps": 6})
+    losses = _scalars(run / "tensorboard")["train/loss"]
+    assert [s for s, _ in losses] == [1, 2, 3, 4, 5, 6] and 99.0 not in [v for _, v in losses]

@@ -78,7 +78,8 @@ def require_tensorboard() -> None:
 class TensorBoardWriter:
     """Scalars of metrics.jsonl's records in ``log_dir`` (``RUN/tensorboard``), by global step.
 
-    ``purge_step``: on resume, events at or after it are dropped, as metrics.jsonl drops its records.
+    ``purge_step``: on resume, events at or after it (the checkpoint's step + 1) are dropped, as
+    metrics.jsonl drops its records after the checkpoint.
     """
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:

@@ -421,7 +421,9 @@ class Trainer:
                 {**cfg.to_dict(), "world_size": self.dist.world_size, "best_selected_on": self.best_selected_on},
                 indent=2) + "\n")
         if cfg.tensorboard and self.dist.is_main:
-            self.log.mirror = TensorBoardWriter(self.run_dir / "tensorboard", purge_step=self.global_step or None)
+            # Events after the checkpoint belong to work the resume redoes (as metrics.jsonl drops them).
+            purge = self.global_step + 1 if self.global_step else None
+            self.log.mirror = TensorBoardWriter(self.run_dir / "tensorboard", purge_step=purge)
         try:
             return self._run()
         finally:
