@@ -55,6 +55,16 @@ for _ in range(3):
 torch.cuda.set_sync_debug_mode(0); torch.cuda.synchronize()
 print("no host sync in 3 airbench94 training steps (batch and step)")
 PY
+# predict and export from a CUDA checkpoint (the short CLI epoch above): predict on the GPU, export
+# (written from the CPU copy) checked with onnxruntime.
+ckpt=$(python3 -c "import json,sys; print(json.load(open('$out/cli_epoch.json'))['checkpoint'])")
+python3 - <<'PY'
+from PIL import Image
+import numpy as np
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)).save("/tmp/gpu-check.jpg")
+PY
+CIFARCTL_HOME=/tmp/cifarctl-home python3 -m cifarctl predict resnet50 --ckpt "$ckpt" /tmp/gpu-check.jpg --device cuda --json | tail -c 300
+CIFARCTL_HOME=/tmp/cifarctl-home python3 -m cifarctl export resnet50 --ckpt "$ckpt" --format onnx --out /tmp/resnet50.onnx || true
 # Time to accuracy on the real images, where .data/cifar10-images.tar.gz (an ignored path) was carried.
 if [ -f .data/cifar10-images.tar.gz ]; then
   export CIFARCTL_HOME=/tmp/cifarctl-real
