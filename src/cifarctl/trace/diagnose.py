@@ -325,7 +325,8 @@ def _stem_warning(records: list[LayerRecord], input_shape: Shape | None) -> list
     first = records.index(block)
     shrinkers = [r for r in records[:first] if r.kind == "module" and r.leaf and r.type in _CONV + _POOL
                  and r.input and r.output and len(r.input[0]) == 4 and r.output[0][2:] != r.input[0][2:]]
-    how = ", ".join(f"`{r.module}` {r.type} {fmt_shape(r.input[0][2:])}->{fmt_shape(r.output[0][2:])}" for r in shrinkers)
+    how = ", ".join(f"`{r.module}` {r.type} {fmt_shape(r.input[0][2:])}->{fmt_shape(r.output[0][2:])}"
+                    for r in shrinkers)
     return [Warning_(block.module, (
         f"the stem shrinks the {fmt_shape(side)} input to {fmt_shape(got)} before the first residual block "
         f"`{block.module}` ({block.type})" + (f": {how}" if how else "") + "; on small images such as CIFAR's "

@@ -9,9 +9,9 @@ parameter, a constant). Compute comes from ``torch.utils.flop_counter``'s formul
 count is the counter's growth between its pre and post hook, so containers include the
 matmuls and functional convolutions done in their own ``forward``.
 
-By default the model and input live on the ``meta`` device and ``forward`` runs inside
-``torch.device("meta")``, so constants a model makes without ``device=`` follow: shapes
-propagate, no arithmetic runs, and ResNet-50 at 224x224 traces in milliseconds.
+The input's device decides how it runs (``inspect_model`` chooses): on the CPU a real forward;
+on ``meta`` shapes only, with ``forward`` inside ``torch.device("meta")`` so that constants a
+model makes without ``device=`` follow the input.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ RESHAPE = {"view", "reshape", "flatten"}
 MATMUL = {"matmul", "__matmul__", "mm", "bmm", "einsum", "linear", "conv1d", "conv2d", "conv3d",
           "scaled_dot_product_attention"}
 WATCHED = ELEMENTWISE | JOIN | RESHAPE | MATMUL
-_CANONICAL = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div", "__add__": "add", "__iadd__": "add", "__radd__": "add", "__sub__": "sub", "__isub__": "sub",
+_CANONICAL = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div", "__add__": "add", "__iadd__": "add",
+              "__radd__": "add", "__sub__": "sub", "__isub__": "sub",
               "__rsub__": "sub", "__mul__": "mul", "__imul__": "mul", "__rmul__": "mul", "__truediv__": "div",
               "__itruediv__": "div", "__rtruediv__": "div", "concat": "cat", "concatenate": "cat",
               "__matmul__": "matmul"}
