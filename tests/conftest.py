@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from cifarctl.data.cifar10 import CIFAR10, CLASSES, write_cache
+from cifarctl.progress import NullProgress
 
 TRAIN_PER_BATCH = 40   # 5 batches -> 200 training images
 TEST_IMAGES = 50
@@ -105,3 +106,16 @@ def raw_bytes() -> bytes:
     buf = io.BytesIO()
     torch.save({"x": torch.zeros(1)}, buf)
     return buf.getvalue()
+
+
+class StopAfterAdvances(NullProgress):
+    """A progress sink that asks the training loop to stop once it has advanced ``steps`` steps
+    (whatever ``log_every`` is: every step advances the bar by one)."""
+
+    def __init__(self, stop, steps: int) -> None:
+        self.stop, self.steps, self.seen = stop, steps, 0
+
+    def advance(self, amount: float = 0, **info: object) -> None:
+        self.seen += amount
+        if self.seen >= self.steps:
+            self.stop.set()

@@ -54,7 +54,7 @@ def test_max_steps_stops_mid_epoch_and_evaluates(tmp_path: Path) -> None:
 
 def test_learning_happens(tmp_path: Path) -> None:
     data = tiny_dataset()
-    result = train(TrainConfig(epochs=6, **{**FAST, "lr": 3e-3}), data, tmp_path / "run")
+    result = train(TrainConfig(epochs=8, **{**FAST, "lr": 3e-3}), data, tmp_path / "run")
     assert result.test_accuracy > 30  # classes differ by colour: chance is 10%
 
 
@@ -126,7 +126,7 @@ def test_bad_settings_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="optimizer"):
         TrainConfig(model="vgg16", optimizer="adagrad")
     with pytest.raises(UsageError, match="schedule"):
-        TrainConfig(model="vgg16", lr_schedule="linear")
+        TrainConfig(model="vgg16", lr_schedule="exponential")
 
 
 def test_evaluate_reports_confusion_and_per_class(tmp_path: Path) -> None:

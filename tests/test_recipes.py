@@ -187,7 +187,7 @@ def test_airbench_lr_schedule_and_groups() -> None:
 
 
 def test_onecycle_cycles_momentum_and_skips_decay_on_norms_and_biases() -> None:
-    cfg = TrainConfig.for_model("resnet18", epochs=4)
+    cfg = TrainConfig.for_model("resnet18", epochs=4, min_ramp_steps=0)  # the shape alone, without the rate bound
     model = create_model("resnet18")
     opt = build_optimizer(cfg, model)
     groups = {g["name"]: g for g in opt.param_groups}
@@ -232,3 +232,210 @@ def test_train_evaluates_in_fp32_by_default(tmp_path: Path) -> None:
     assert trainer.cast == autocast_dtype(torch.device("cpu"), True)  # training itself may be bf16
     again = evaluate("resnet50", tmp_path / "run" / "last.pt", tiny_dataset(), device="cpu", batch_size=500)
     assert again.accuracy == result.test_accuracy and again.loss == pytest.approx(result.test_loss, rel=1e-5)
+
+
+# -- named recipes, the Muon recipe, the fp32 stem ---------------------------------------------
+
+
+def test_models_carry_named_recipes_and_the_first_is_the_default() -> None:
+    from cifarctl.models import model_card
+
+    assert [r.name for r in model_card("airbench94").recipes] == ["paper", "muon"]
+    assert [r.name for r in model_card("vgg16").recipes] == ["course"]
+    assert TrainConfig.for_model("airbench94").recipe == "paper"
+    assert TrainConfig.for_model("resnet50").recipe == "course"
+    with pytest.raises(UsageError, match="no recipe 'adamw': choose one of paper, muon"):
+        TrainConfig.for_model("airbench94", recipe="adamw")
+
+
+def test_a_flag_overrides_one_field_of_a_named_recipe() -> None:
+    cfg = TrainConfig.for_model("airbench94", "muon", epochs=4, seed=3)
+    assert (cfg.recipe, cfg.epochs, cfg.seed, cfg.batch_size, cfg.optimizer) == ("muon", 4, 3, 2000, "muon")
+    assert default_recipe("airbench94", "muon")["epochs"] == 8
+
+
+def test_muon_recipe_is_the_records() -> None:
+    cfg = TrainConfig.for_model("airbench94", "muon")
+    assert (cfg.lr, cfg.muon_momentum, cfg.momentum, cfg.nesterov) == (0.24, 0.6, 0.85, True)
+    assert (cfg.head_lr, cfg.bias_lr, cfg.weight_decay, cfg.lr_units) == (0.67, 0.053, 2e-6, "sum")
+    assert (cfg.batch_size, cfg.epochs, cfg.lr_schedule, cfg.ema, cfg.label_smoothing, cfg.tta) == \
+        (2000, 8, "linear", False, 0.2, 2)
+    model = create_model("airbench94", **cfg.model_options)
+    assert model.logit_scale.item() == pytest.approx(1 / 256) and model.head.weight.std().item() == pytest.approx(1)
+    groups = {g["name"]: g for g in build_optimizer(cfg, model).param_groups}
+    assert groups["filters"]["use_muon"] and groups["filters"]["lr"] == 0.24 and groups["filters"]["momentum"] == 0.6
+    assert len(groups["filters"]["params"]) == 7                       # 6 convs + the (frozen) whitening filters
+    # The record's summed loss with lr L is a mean loss with lr L * 2000; its decay shrinks 2e-6 * 2000 per step.
+    assert groups["head"]["lr"] == pytest.approx(0.67 * 2000) and groups["norm_bias"]["lr"] == pytest.approx(106)
+    for name in ("head", "norm_bias", "whiten_bias"):
+        assert not groups[name]["use_muon"] and groups[name]["momentum"] == 0.85
+        assert groups[name]["lr"] * groups[name]["weight_decay"] == pytest.approx(2e-6 * 2000)
+    assert groups["whiten_bias"]["params"][0] is model.whiten.bias
+
+
+def test_linear_schedule_reaches_zero_and_the_whitening_bias_sooner() -> None:
+    cfg = TrainConfig.for_model("airbench94", "muon")
+    model = create_model("airbench94")
+    opt = build_optimizer(cfg, model)
+    sched = build_scheduler(cfg, opt, 25)
+    names = [g["name"] for g in opt.param_groups]
+    seen = []
+    for _ in range(200):
+        seen.append({n: g["lr"] / g["initial_lr"] for n, g in zip(names, opt.param_groups)})
+        opt.step()
+        sched.step()
+    assert [round(s["filters"], 6) for s in seen[:3]] == [1.0, round(1 - 1 / 200, 6), round(1 - 2 / 200, 6)]
+    assert seen[-1]["filters"] == pytest.approx(1 / 200) and seen[-1]["head"] == pytest.approx(1 / 200)
+    assert seen[74]["whiten_bias"] == pytest.approx(1 / 75) and seen[75]["whiten_bias"] == 0.0  # 3 epochs of 25
+
+
+def test_the_whitening_stem_runs_in_fp32_under_autocast() -> None:
+    model = create_model("airbench94")
+    model.init_whitening(torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    seen: dict[str, torch.dtype] = {}
+    model.whiten.register_forward_hook(lambda m, a, out: seen.__setitem__("stem", out.dtype))
+    model.block1.conv1.register_forward_hook(lambda m, a, out: seen.__setitem__("conv", out.dtype))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert seen == {"stem": torch.float32, "conv": torch.bfloat16}  # the rest of the network stays bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stem = model.whiten(x)                                         # the conv alone, under autocast: bf16
+    assert stem.dtype == torch.bfloat16
+    with torch.device("meta"):                                         # no autocast on meta: a no-op, no error
+        create_model("airbench94")(torch.empty(2, 3, 32, 32))
+
+
+def test_checkpoints_carry_the_logit_scale_and_old_ones_load_with_the_papers(tmp_path: Path) -> None:
+    from cifarctl.engine.checkpoint import load_weights
+
+    muon = create_model("airbench94", logit_scale=1 / 256)
+    old = {k: v for k, v in create_model("airbench94").state_dict().items() if k != "logit_scale"}
+    fresh = create_model("airbench94", logit_scale=0.5)
+    load_weights(fresh, "airbench94", {"model": old}, "old.pt")
+    assert fresh.logit_scale.item() == pytest.approx(1 / 9)
+    load_weights(fresh, "airbench94", {"model": muon.state_dict()}, "muon.pt")
+    assert fresh.logit_scale.item() == pytest.approx(1 / 256)
+    fresh.load_state_dict(old)                                         # resume's path too
+    assert fresh.logit_scale.item() == pytest.approx(1 / 9)
+
+
+def test_cli_recipe_flag_and_models_listing(cached, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cifarctl.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "airbench94", "--recipe", "muon", "--device", "cpu", "--offline",
+                                      "--max-steps", "1", "--no-eval", "--batch-size", "50", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["recipe"], config["optimizer"], config["batch_size"]) == ("muon", "muon", 50)
+    result = CliRunner().invoke(app, ["train", "airbench94", "--recipe", "lamb", "--offline"])
+    assert result.exit_code == 2 and "no recipe 'lamb'" in result.output
+    result = CliRunner().invoke(app, ["train", "airbench94", "--resume", str(out), "--recipe", "paper", "--offline"])
+    assert result.exit_code == 2 and "--recipe cannot change" in result.output
+    listing = json.loads(CliRunner().invoke(app, ["models", "--json"]).output)
+    airbench = next(m for m in listing if m["name"] == "airbench94")
+    assert [r["name"] for r in airbench["recipes"]] == ["paper", "muon"]
+    assert "muon lr 0.24" in airbench["recipes"][1]["summary"]
+
+
+def test_muon_run_resumes_bit_for_bit(tmp_path: Path) -> None:
+    import threading
+
+    from cifarctl.engine import TrainingInterrupted, resume
+
+    from conftest import StopAfterAdvances
+
+    data = tiny_dataset()
+    cfg = TrainConfig.for_model("airbench94", "muon", epochs=2, batch_size=50, device="cpu", amp=False, eval=False)
+    train(cfg, data, tmp_path / "straight")
+    stop = threading.Event()
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, data, tmp_path / "stopped", progress=StopAfterAdvances(stop, 5), stop=stop)
+    resume(tmp_path / "stopped", data)
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "stopped" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- recipes that hold at every length (any --epochs from 1 to the default) -------------------
+
+SAMPLE_EPOCHS = (1, 2, 5)
+CIFAR_TRAIN_IMAGES = 50_000
+
+
+def _recipes() -> list[tuple[str, str]]:
+    from cifarctl.models import list_models, model_card
+
+    return [(name, recipe.name) for name in list_models() for recipe in model_card(name).recipes]
+
+
+def _first_group_lrs(cfg: TrainConfig) -> tuple[list[float], float, int]:
+    """The lr of every step of ``cfg``'s schedule (first parameter group), its peak, and steps per epoch."""
+    steps_per_epoch = -(-CIFAR_TRAIN_IMAGES // cfg.batch_size)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(8, 10))
+    opt = build_optimizer(cfg, model)
+    peak = opt.param_groups[0]["lr"]
+    sched = build_scheduler(cfg, opt, steps_per_epoch)
+    lrs = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs, peak, steps_per_epoch
+
+
+def _allowed_rise_per_step(model: str, recipe: str) -> float:
+    """The fastest rise the recipe allows, as a fraction of its peak per step: the steepest step of its
+    shortest full ramp (``min_ramp_steps``), or else the steepest step of its own ramp at its default length."""
+    from cifarctl.engine.schedule import max_ramp_rise
+
+    cfg = TrainConfig.for_model(model, recipe)
+    bound = max_ramp_rise(cfg)
+    if bound is not None:
+        return bound
+    lrs, peak, _ = _first_group_lrs(cfg)
+    return max([(b - a) / peak for a, b in zip(lrs, lrs[1:])] + [0.0])
+
+
+@pytest.mark.parametrize("model, recipe", _recipes())
+def test_every_length_keeps_the_recipes_ramp(model: str, recipe: str) -> None:
+    default = TrainConfig.for_model(model, recipe).epochs
+    allowed = _allowed_rise_per_step(model, recipe)
+    for epochs in sorted({e for e in SAMPLE_EPOCHS if e <= default} | {default}):
+        lrs, peak, _ = _first_group_lrs(TrainConfig.for_model(model, recipe, epochs=epochs))
+        assert max(lrs) <= peak * (1 + 1e-9), (epochs, max(lrs), peak)
+        rises = [(b - a) / peak for a, b in zip(lrs, lrs[1:])]
+        assert max(rises + [0.0]) <= allowed * (1 + 1e-6), f"--epochs {epochs}: lr rises {max(rises):.4f} of " \
+                                                         f"its peak in one step, the recipe allows {allowed:.4f}"
+
+
+@pytest.mark.parametrize("model, recipe", _recipes())
+def test_one_epoch_of_every_recipe_trains(model: str, recipe: str, tmp_path: Path) -> None:
+    """The schedule of a real one-epoch run (CIFAR's 50,000 images at the recipe's batch), its first 30
+    steps on generated images at batch 16: the training loss must fall, not climb above chance.
+
+    SGD's lr in torch units is scaled from the recipe's batch to 16 (the linear scaling rule of Goyal
+    et al.); airbench's and Muon's units scale with the batch by construction, Adam's lr is kept.
+    """
+    import math
+
+    from conftest import make_images
+    from cifarctl.data.cifar10 import CIFAR10
+
+    x, y = make_images(640, seed=5)
+    tx, ty = make_images(20, seed=6)
+    data = CIFAR10(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(tx), torch.from_numpy(ty),
+                   source="synthetic")
+    full = TrainConfig.for_model(model, recipe)
+    assert full.lr is not None
+    lr = full.lr * 16 / full.batch_size if full.optimizer == "sgd" and full.lr_units == "torch" else None
+    cfg = TrainConfig.for_model(model, recipe, epochs=1, batch_size=16, max_steps=30, eval=False, amp=False, lr=lr,
+                                device="cpu", log_every=1, schedule_steps=-(-CIFAR_TRAIN_IMAGES // full.batch_size))
+    train(cfg, data, tmp_path / "run")
+    losses = [r["loss"] for r in (json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+                                  .splitlines()) if r["type"] == "step"]
+    assert len(losses) == 30 and all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[9] and losses[-1] < math.log(10), losses

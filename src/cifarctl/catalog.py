@@ -1,8 +1,8 @@
-"""The registered models at a glance: size, compute, default recipe and what it is known to reach."""
+"""The registered models at a glance: size, compute, recipes and what each is known to reach."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from cifarctl.engine.config import recipe_summary
 from cifarctl.models import list_models, model_card
@@ -17,7 +17,8 @@ class ModelSummary:
     params: int
     macs: int                 # multiply-accumulates of one 3x32x32 image
     recipe: str               # the default recipe in one line
-    reference: str            # a reference accuracy and where it comes from
+    reference: str            # the default recipe's reference accuracy and where it comes from
+    recipes: list[dict[str, str]] = field(default_factory=list)  # every recipe: name, summary, reference
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -32,6 +33,8 @@ def describe_models() -> list[ModelSummary]:
     for name in list_models():
         card = model_card(name)
         traced = inspect_model(lambda card=card: card.factory(), [1, 3, 32, 32], name=name)
-        rows.append(ModelSummary(name, traced.total_params, traced.total_macs,
-                                 card.summary or recipe_summary(card.recipe), card.reference))
+        recipes = [{"name": r.name, "summary": r.summary or recipe_summary(r.values), "reference": r.reference}
+                   for r in card.recipes]
+        rows.append(ModelSummary(name, traced.total_params, traced.total_macs, recipes[0]["summary"],
+                                 card.reference, recipes))
     return rows

@@ -7,6 +7,31 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def os_error_cause(exc: BaseException | None) -> OSError | None:
+    """The OSError behind ``exc``: itself, or one in its cause/context chain (torch wraps write errors)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def describe_os_error(exc: OSError, doing: str | None = None) -> str:
+    """One line: what was being done, the path, the system's reason and its code.
+
+    ``cannot write the checkpoint run/last.pt: No space left on device (28)``
+    """
+    path = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or first_line(exc)
+    code = f" ({exc.errno})" if exc.errno is not None else ""
+    what = doing or ("cannot use" if path else "a file operation failed")
+    where = f" {path}" if path and (doing is None or str(path) not in doing) else ""
+    if exc.filename2:
+        where += f" -> {exc.filename2}"
+    return f"{what}{where}: {reason}{code}"
+
+
 class CifarctlError(Exception):
     """Base class: the message says what went wrong and what to do."""
 
@@ -33,3 +58,16 @@ class CheckpointError(CifarctlError):
 
 class DeviceError(CifarctlError):
     """The requested device is not available."""
+
+
+class FileSystemError(CifarctlError):
+    """A read or write failed for a reason of the system's (disk full, permissions, a file where a folder
+    should be); ``errno`` is the system's code. The message says what is kept."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class RunInUse(CifarctlError):
+    """Another process is training in this run folder (it holds the folder's lock)."""

@@ -18,7 +18,14 @@ HOME_ENV = "CIFARCTL_HOME"
 
 def _home() -> Path | None:
     value = os.environ.get(HOME_ENV)
-    return Path(value).expanduser() if value else None
+    if not value:
+        return None
+    home = Path(value).expanduser()
+    if home.exists() and not home.is_dir():
+        from cifarctl.errors import UsageError
+
+        raise UsageError(f"{HOME_ENV}={value} is a file, not a folder: point it at a folder (or unset it)")
+    return home
 
 
 def cache_root() -> Path:

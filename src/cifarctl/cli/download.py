@@ -30,10 +30,13 @@ def download(
 
     # Where it reads and writes is said by the bar (the source) and by the last line (the cache).
     progress = RichProgress(err_console())
+    def notify(text: str) -> None:  # another process is writing the cache: say why this one waits
+        err_console().print(f"[yellow]{text}[/]", highlight=False)
+
     if source is not None:
-        result = import_cifar10(source, force=force, progress=progress)
+        result = import_cifar10(source, force=force, progress=progress, notify=notify)
     else:
-        result = download_cifar10(url=url, force=force, progress=progress)
+        result = download_cifar10(url=url, force=force, progress=progress, notify=notify)
     info = result.cache
     counts = f"{info.train:,} train + {info.test:,} test images"
     if result.action == "present":

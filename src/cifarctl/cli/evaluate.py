@@ -44,10 +44,13 @@ def evaluate(
     from cifarctl.engine import evaluate as run_evaluation
     from cifarctl.models import create_model
 
+    from cifarctl.engine.device import describe_device, resolve_device
+
     create_model(model)  # an unknown name fails here, before any data is loaded
+    chosen = resolve_device(device)  # and a device that is not there
     path = checkpoint_path(model, ckpt)
     dataset = load_data(data, offline, quiet=json_output, verify=verify)
-    err.print(f"evaluating {model} from {path}")
+    err.print(f"evaluating {model} from {path} on {describe_device(chosen)}")
     result = run_evaluation(model, path, dataset, device=device, batch_size=batch_size or 100, amp=amp,
                             progress=RichProgress(err), tta=tta)
     if plot is not None:

@@ -10,7 +10,8 @@ from cifarctl.cli.render import handle_errors, out_console, print_json
 
 @handle_errors
 def models(json_output: Json = False) -> None:
-    """List the models `train`, `evaluate` and `inspect` know, with the recipe `train MODEL` uses.
+    """List the models `train`, `evaluate` and `inspect` know, with their recipes (`train MODEL --recipe NAME`;
+    the first is the default).
 
     Examples:
 
@@ -26,8 +27,11 @@ def models(json_output: Json = False) -> None:
         return
     table = Table(show_edge=False, header_style="bold")
     for column, justify in (("model", "left"), ("params", "right"), ("MACs (3x32x32)", "right"),
-                            ("default recipe", "left"), ("reference accuracy", "left")):
+                            ("recipe", "left"), ("reference accuracy", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for r in rows:
-        table.add_row(r.name, f"{r.params:,}", f"{r.macs / 1e6:,.1f} M", r.recipe, r.reference)
+        for i, recipe in enumerate(r.recipes):
+            label = f"[bold]{recipe['name']}[/]{' (default)' if i == 0 and len(r.recipes) > 1 else ''}: {recipe['summary']}"
+            first = (r.name, f"{r.params:,}", f"{r.macs / 1e6:,.1f} M") if i == 0 else ("", "", "")
+            table.add_row(*first, label, recipe["reference"])
     out_console().print(table)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand
 
-Device = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda or cuda:N.")]
+Device = Annotated[str, typer.Option("--device", "-d", help="auto (CUDA, then an Apple GPU, then the CPU), cpu, cuda, cuda:N or mps.")]
 Verify = Annotated[bool, typer.Option("--verify", help="Also check the train split's sha256 (the test split is always checked).")]
 Offline = Annotated[bool, typer.Option("--offline", help="Never download; fail with a hint if the dataset is missing.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (progress goes to stderr).")]

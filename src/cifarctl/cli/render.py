@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
-from cifarctl.errors import CifarctlError
+from cifarctl.errors import CifarctlError, describe_os_error
 
 DEBUG_ENV = "CIFARCTL_DEBUG"
 
@@ -54,6 +54,10 @@ def handle_errors(func: F) -> F:
             if os.environ.get(DEBUG_ENV):
                 raise
             raise fail(str(exc), exc.exit_code) from None
+        except OSError as exc:  # permissions, a full disk, a file where a folder should be: one line too
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise fail(describe_os_error(exc), 1) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
 

@@ -46,5 +46,10 @@ def runs(
         table.add_row(r.model, f"{r.epochs:g}{planned}", f"{r.global_step:,}",
                       f"{r.best_accuracy:.2f}%" if r.best_accuracy is not None else "-", r.best_selected_on,
                       f"{r.last_accuracy:.2f}%" if r.last_accuracy is not None else "-",
-                      r.modified.strftime("%Y-%m-%d %H:%M"), str(r.path))
+                      r.modified.strftime("%Y-%m-%d %H:%M"),
+                      str(r.path) + (f" [red](damaged: {', '.join(r.damaged)})[/]" if r.damaged else ""))
     out_console().print(table)
+    if any(r.damaged for r in found):
+        err_console().print("[yellow]a damaged config.json or metrics.jsonl does not stop a run: "
+                            "`cifarctl train MODEL --resume FOLDER` continues from its checkpoint and writes "
+                            "config.json again[/]")

@@ -6,6 +6,7 @@ import contextlib
 import shlex
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
@@ -52,6 +53,8 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=f"Images per step (global under torchrun). {RECIPE}")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate, in --lr-units. {RECIPE}")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps in total.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="One of MODEL's recipes (`cifarctl models`); flags change single settings of it. Default: its first.")] = None,
+    time_budget: Annotated[Optional[str], typer.Option("--time-budget", help="Fit the run to this long, start-up to result (90s, 5m, 1h): measures a step here, then sets the schedule's length.")] = None,
     device: Device = "auto",
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds the init, data order, augmentation and --val-split.")] = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip evaluation.")] = False,
@@ -74,6 +77,7 @@ def train(
     tta: Annotated[Optional[int], typer.Option("--tta", min=0, max=2, help="Test-time augmentation of the final evaluation: 0 off, 1 flip, 2 flip and shift.")] = None,
     val_split: Annotated[Optional[int], typer.Option("--val-split", min=0, help="Hold out N training images (stratified) to choose best.pt; the test set is scored once, at the end.")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help="Checkpoint every N steps (default: every 3 minutes) and at each epoch end.")] = None,
+    log_every: Annotated[Optional[int], typer.Option("--log-every", min=1, help="Optimizer steps between the step records of metrics.jsonl (default 50).")] = None,
     amp: Annotated[Flag, typer.Option("--amp/--no-amp", help="Mixed-precision training: bf16 (or fp16) on CUDA, bf16 on CPUs that compute it natively (default on).")] = None,
     eval_amp: Annotated[Flag, typer.Option("--eval-amp/--no-eval-amp", help="Mixed-precision evaluation (default off: fp32, as `cifarctl evaluate`).")] = None,
     tensorboard: Annotated[Flag, typer.Option("--tensorboard/--no-tensorboard", help="Also write the scalars of metrics.jsonl to RUN/tensorboard/ (pip install 'cifarctl[tensorboard]').")] = None,
@@ -95,6 +99,8 @@ def train(
 
       cifarctl train airbench94 --device cpu                   (the airbench94 paper's recipe)
 
+      cifarctl train airbench94 --recipe muon --time-budget 10m   (the best run 10 minutes allow)
+
       cifarctl train resnet50 --epochs 1 --device cuda
 
       cifarctl train vgg16 --ckpt vgg16_250.pt --epochs 1     (the course's "one more epoch")
@@ -107,11 +113,22 @@ def train(
     from cifarctl.engine import distributed as ddp
     from cifarctl.engine import resume as resume_run
     from cifarctl.engine import train as run_training
-    from cifarctl.engine.device import resolve_device
+    from cifarctl.engine.device import describe_device, resolve_device
     from cifarctl.engine.train import latest_run_dir, load_run, new_run_dir, resume_config
     from cifarctl.models import create_model, model_card
 
-    model_card(model)  # an unknown name fails here, with close matches, before anything is built
+    import cifarctl.cli
+
+    card = model_card(model)  # an unknown name fails here, with close matches, before anything is built
+    clock = cifarctl.cli.PROCESS_STARTED or time.monotonic()  # a time budget counts from the process's start
+    if time_budget is not None:
+        from cifarctl.engine.budget import parse_duration
+
+        if epochs is not None or max_steps is not None:
+            raise UsageError("--time-budget chooses the run's length: drop --epochs and --max-steps")
+        budget_s: float | None = parse_duration(time_budget)
+    else:
+        budget_s = None
     settings = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, norm_weight_decay=norm_weight_decay, lr_units=lr_units, lr_schedule=lr_schedule,
@@ -119,8 +136,8 @@ def train(
         whiten=whiten, tta=tta, val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp,
         tensorboard=tensorboard,
         channels_last=channels_last, compile=compile_model, sync_bn=sync_bn,
-        max_steps=max_steps, save_every=save_every, device=device if device != "auto" else None,
-        eval=False if no_eval else None)
+        max_steps=max_steps, save_every=save_every, log_every=log_every, device=device if device != "auto" else None,
+        eval=False if no_eval else None, time_budget=budget_s)
     given = {k: v for k, v in settings.items() if v is not None}
     if resume is not None and ckpt is not None:
         raise UsageError("--resume continues a run with its own weights; --ckpt starts a new one: give one of them")
@@ -137,13 +154,18 @@ def train(
     if resume is not None:
         run_dir = latest_run_dir(model) if resume == NEWEST else Path(resume).expanduser()
         loaded = load_run(run_dir)  # read once, for the settings here and the resume below
+        if recipe is not None and recipe != loaded[0].recipe:
+            raise UsageError(f"--recipe cannot change when a run is resumed (the run was trained with "
+                             f"{loaded[0].recipe!r}); drop it, or start a new run with --ckpt")
         cfg = resume_config(run_dir, model, given, loaded)
     else:
-        cfg = TrainConfig.for_model(model, **given, init_ckpt=str(init_from) if init_from else None)
+        card.get_recipe(recipe)  # an unknown recipe fails here, naming the model's
+        cfg = TrainConfig.for_model(model, recipe, **given, init_ckpt=str(init_from) if init_from else None)
         if cfg.whiten and not hasattr(create_model(model), "init_whitening"):
             raise UsageError(f"--whiten applies to models with a whitening stem (airbench94); {model} has none")
     # Under torchrun every process runs this command; rank 0 alone draws, prints and writes.
-    info = ddp.init_distributed(resolve_device(cfg.device)) if ddp.launched_by_torchrun() else ddp.DistInfo()
+    chosen = resolve_device(cfg.device)  # a device that is not there fails here, in one line
+    info = ddp.init_distributed(chosen) if ddp.launched_by_torchrun() else ddp.DistInfo()
     err = err_console() if info.is_main else Console(quiet=True)
     dataset = ddp.main_first(lambda: load_data(cfg.data, offline, quiet=json_output or not info.is_main,
                                                verify=verify))
@@ -153,16 +175,17 @@ def train(
         with stop_on_signals(stop, received):
             if run_dir is not None:
                 run_dir = ddp.broadcast_object(run_dir)
-                err.print(f"resuming {cfg.model} from {run_dir}")
+                err.print(f"resuming {cfg.model} from {run_dir} on {describe_device(chosen)}")
                 result = resume_run(run_dir, dataset, given, progress=progress, stop=stop, loaded=loaded,
                                     notify=lambda text: err.print(f"[yellow]note:[/] {text}"))
             else:
                 run_dir = ddp.broadcast_object(out or new_run_dir(model))
                 processes = f" on {info.world_size} processes" if info.enabled else ""
-                err.print(f"training {model}{processes}; run folder: {run_dir}")
+                err.print(f"training {model}{processes} on {describe_device(chosen)}; run folder: {run_dir}")
                 if init_from:
                     err.print(f"initialising {model} from {init_from}; the learning-rate schedule starts afresh")
-                result = run_training(cfg, dataset, out_dir=run_dir, progress=progress, stop=stop)
+                result = run_training(cfg, dataset, out_dir=run_dir, progress=progress, stop=stop, clock=clock,
+                                      notify=lambda text: err.print(text, highlight=False))
     except TrainingInterrupted as exc:
         progress.finish()
         name = signal.Signals(received[0]).name if received else "a stop request"
@@ -185,6 +208,12 @@ def train(
         print_json(_result_dict(result))
     else:
         _render(result)
+    if result.budget and resume is None:  # a resumed run's clock started with this process: no total to give
+        from cifarctl.engine.budget import format_duration
+
+        spent = time.monotonic() - clock
+        err.print(f"time budget {format_duration(result.budget['budget_s'])}: {result.budget['epochs']:.1f} epochs "
+                  f"of {result.model}, finished in {format_duration(spent)}", highlight=False)
 
 
 def _result_dict(result: TrainResult) -> dict[str, Any]:
@@ -196,8 +225,9 @@ def _result_dict(result: TrainResult) -> dict[str, Any]:
         "seconds": result.seconds, "images_per_s": result.images_per_s, "device": result.device,
         "tta": bool(result.tta), "tta_level": result.tta, "val_accuracy": result.val_accuracy,
         "best_test_accuracy": result.best_test_accuracy, "best_selected_on": result.best_selected_on,
-        "finished_before": result.finished_before,
+        "finished_before": result.finished_before, "budget": result.budget,
     }
+
 
 
 def _render(result: TrainResult) -> None:

@@ -3,9 +3,10 @@
 The cache is four ``.npy`` arrays (uint8 images NHWC, uint8 labels) plus ``manifest.json`` with
 their sha256 and shapes. It is built in a temporary folder that is renamed into place only when
 complete, so an interrupted import never leaves a cache that reads as valid. Replacing an existing
-cache takes two renames (the old folder aside, the new one in): a crash between them leaves no
-cache at all, which reads as missing (``download`` rebuilds it), never a mixed or half-written one. Loading it is a few
-``np.load`` calls: well under a second.
+cache takes two renames (the old folder aside, the new one in): a crash between them leaves the
+old cache aside, complete, and the next reader puts it back; never a mixed or half-written one.
+Writers hold the cache's lock (``cifarctl.data.prepare``), and clean up what a killed one left.
+Loading it is a few ``np.load`` calls: well under a second.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def _sha256(path: Path) -> str:
 def cache_info(root: Path | None = None) -> CacheInfo | None:
     """The cache's manifest as ``CacheInfo``, or None where there is no complete cache."""
     root = root or paths.dataset_dir()
+    recover_cache(root)
     try:
         manifest = json.loads((root / _MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("format") != CACHE_FORMAT:
@@ -89,6 +91,34 @@ def cache_info(root: Path | None = None) -> CacheInfo | None:
         return None
 
 
+STAGING_PREFIX = ".cifar10-building-"
+
+
+def _moved_aside(root: Path) -> list[Path]:
+    """Caches that ``write_cache`` moved aside to put a new one in place (newest first)."""
+    found = [p for p in root.parent.glob(f".{root.name}-old-*") if (p / _MANIFEST).is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def recover_cache(root: Path) -> None:
+    """Put back a complete cache that a writer killed between its two renames left moved aside."""
+    if root.exists() or not root.parent.is_dir():
+        return
+    for aside in _moved_aside(root):
+        try:
+            aside.rename(root)
+            return
+        except OSError:  # another process put it back first
+            continue
+
+
+def remove_leftovers(root: Path) -> None:
+    """With the cache's lock held: restore a cache left moved aside, and delete half-built folders."""
+    recover_cache(root)
+    for leftover in [*root.parent.glob(f"{STAGING_PREFIX}*"), *_moved_aside(root)]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def write_cache(data: CIFAR10, root: Path | None = None) -> CacheInfo:
     """Write ``data`` as the cache at ``root``, replacing any cache there.
 
@@ -96,7 +126,7 @@ def write_cache(data: CIFAR10, root: Path | None = None) -> CacheInfo:
     """
     root = root or paths.dataset_dir()
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".cifar10-building-", dir=root.parent))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root.parent))
     try:
         files = {}
         arrays = {

@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 from cifarctl import paths
 from cifarctl.data import sources
-from cifarctl.data.cifar10 import CIFAR10, CacheInfo, cache_info, load_cifar10, write_cache
+from cifarctl.data.cifar10 import CIFAR10, CacheInfo, cache_info, load_cifar10, remove_leftovers, write_cache
 from cifarctl.data.download import download_file
 from cifarctl.errors import DatasetError
+from cifarctl.locks import exclusive
 from cifarctl.progress import NullProgress, Progress
+
+
+@contextlib.contextmanager
+def cache_writer(root: Path, notify: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the cache's lock while writing it: a second writer waits (after ``notify`` says for whom).
+
+    Inside, what a killed writer left (a half-built folder, a cache moved aside) is cleaned up or restored.
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+
+    def wait(who: str) -> None:
+        (notify or (lambda _text: None))(f"waiting for {who} to finish writing the CIFAR-10 cache in {root}")
+
+    with exclusive(root.parent, wait, wait=True):
+        remove_leftovers(root)
+        yield
 
 
 @dataclass
@@ -24,13 +43,22 @@ class PrepareResult:
 
 
 def import_cifar10(source: Path, root: Path | None = None, force: bool = False,
-                   expected_md5: str | None = None, progress: Progress | None = None) -> PrepareResult:
+                   expected_md5: str | None = None, progress: Progress | None = None,
+                   notify: Callable[[str], None] | None = None) -> PrepareResult:
     """Build the cache from a local archive or folder (see ``cifarctl.data.sources``).
 
+    One writer at a time: a second import or download waits for the first (``notify`` says so),
+    then finds the cache there.
     Usage: ``import_cifar10(Path("cifar-10-python.tar.gz"))``
     """
     root = root or paths.dataset_dir()
     sources.check_readable(Path(source))  # a typo in --from fails even when the cache is already there
+    with cache_writer(root, notify):
+        return _import(Path(source), root, force, expected_md5, progress)
+
+
+def _import(source: Path, root: Path, force: bool, expected_md5: str | None,
+            progress: Progress | None) -> PrepareResult:
     if not force and (info := cache_info(root)) is not None:
         load_cifar10(root, verify=True)  # say "present" only of a cache that checks out
         return PrepareResult("present", info)
@@ -39,12 +67,20 @@ def import_cifar10(source: Path, root: Path | None = None, force: bool = False,
 
 
 def download_cifar10(url: str | None = None, root: Path | None = None, force: bool = False,
-                     expected_md5: str | None = None, progress: Progress | None = None) -> PrepareResult:
+                     expected_md5: str | None = None, progress: Progress | None = None,
+                     notify: Callable[[str], None] | None = None) -> PrepareResult:
     """Download the official archive (md5-checked, resumable) and build the cache from it.
 
+    One writer at a time, as ``import_cifar10``.
     Usage: ``download_cifar10()`` or ``download_cifar10(url="https://mirror/cifar-10-python.tar.gz")``
     """
     root = root or paths.dataset_dir()
+    with cache_writer(root, notify):
+        return _download(url, root, force, expected_md5, progress)
+
+
+def _download(url: str | None, root: Path, force: bool, expected_md5: str | None,
+              progress: Progress | None) -> PrepareResult:
     if not force and (info := cache_info(root)) is not None:
         load_cifar10(root, verify=True)  # say "present" only of a cache that checks out
         return PrepareResult("present", info)

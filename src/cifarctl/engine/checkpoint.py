@@ -8,9 +8,11 @@ state_dict (``torch.save(model.state_dict())``); both load through ``load_checkp
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import pickle
 import re
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -21,7 +23,7 @@ from torch import nn
 
 from cifarctl import __version__, paths
 from cifarctl.atomic import atomic_path
-from cifarctl.errors import CheckpointError, first_line
+from cifarctl.errors import CheckpointError, FileSystemError, describe_os_error, first_line, os_error_cause
 
 FORMAT_VERSION = 1
 
@@ -30,13 +32,45 @@ DIGEST_TAG = b"cifarctl-sha256:"
 _EOCD = b"PK\x05\x06"  # the zip's end-of-central-directory record; its last field is the comment length
 
 
+def on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it on the CPU, so a checkpoint written on a GPU loads anywhere."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu() if value.device.type != "cpu" else value
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(v) for v in value)
+    return value
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (a crash leaves the previous file intact), sealed with a digest."""
-    state = {**state, "format": FORMAT_VERSION, "cifarctl_version": __version__}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        _seal(tmp)
+    """Write ``state`` to ``path`` atomically (a crash leaves the previous file intact), sealed with a digest.
+
+    Tensors are written from the CPU side, whatever device they live on.
+    """
+    state = {**on_cpu(state), "format": FORMAT_VERSION, "cifarctl_version": __version__}
+    try:
+        with atomic_path(path) as tmp:
+            # Through a Python file: a failed write then raises the system's OSError (torch.save to a
+            # path reports a full disk only as "unexpected pos" from its zip writer).
+            with open(tmp, "wb") as fh:
+                torch.save(state, fh)
+            _seal(tmp)
+    except (OSError, RuntimeError) as exc:
+        cause = os_error_cause(exc) or _disk_full(Path(path))
+        if cause is None:
+            raise
+        raise FileSystemError(describe_os_error(cause, f"cannot write the checkpoint {path}"), cause.errno) from exc
     return Path(path)
+
+
+def _disk_full(path: Path) -> OSError | None:
+    """ENOSPC when ``path``'s file system has (almost) no room left: a writer's error that hid its cause."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
+    return OSError(errno.ENOSPC, "No space left on device") if free < (1 << 20) else None
 
 
 def _file_sha256(path: Path, length: int) -> str:
@@ -164,13 +198,19 @@ def _guess_architecture(keys: set[str]) -> str | None:
     return None
 
 
+def upgrade_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` as ``model`` reads it now: a model may fill in what older checkpoints lack."""
+    upgrade = getattr(model, "upgrade_state_dict", None)
+    return upgrade(state_dict) if callable(upgrade) else state_dict
+
+
 def load_weights(model: nn.Module, model_name: str, checkpoint: dict[str, Any], source: Path | str,
                  check_finite: bool = True) -> None:
     """Load ``checkpoint["model"]`` into ``model`` strictly, with a message that says what does not fit.
 
     Weights with NaN or Inf (a diverged run) are refused unless ``check_finite=False``.
     """
-    state_dict = _strip_prefix(checkpoint["model"])
+    state_dict = upgrade_state_dict(model, _strip_prefix(checkpoint["model"]))
     saved_name = checkpoint.get("model_name")
     if saved_name and saved_name != model_name:
         raise CheckpointError(f"{source} is a {saved_name} checkpoint, not {model_name}: "

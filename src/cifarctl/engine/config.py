@@ -7,17 +7,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from cifarctl.data.loader import MEAN, STD
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("none", "step", "cosine", "onecycle", "triangle")
-LR_UNITS = ("torch", "per1024")
+OPTIMIZERS = ("adam", "sgd", "muon")
+SCHEDULES = ("none", "step", "cosine", "onecycle", "triangle", "linear")
+LR_UNITS = ("torch", "per1024", "sum")
 FLIPS = ("random", "alternate", "none")
 PAD_MODES = ("zeros", "reflect")
-DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
+DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05, "muon": 0.02}
 
 
 @dataclass
@@ -29,24 +29,38 @@ class TrainConfig:
     """
 
     model: str
+    recipe: str | None = None        # the model's recipe these values started from (`cifarctl models`)
     epochs: int = 1
     batch_size: int = 100
     lr: float | None = None          # peak learning rate; None: 1e-3 for Adam (the course's), 0.05 for SGD
     optimizer: str = "adam"
-    momentum: float = 0.9            # SGD only (the upper bound of onecycle's momentum cycle)
-    nesterov: bool = False           # SGD only
+    momentum: float = 0.9            # SGD's (the upper bound of onecycle's momentum cycle); muon: of its SGD part
+    nesterov: bool = False           # SGD and muon
+    # --optimizer muon: Muon (orthogonalised momentum) on conv filters with --lr, Nesterov SGD with
+    # --momentum on everything else: the head at head_lr, biases at bias_lr (in lr_units; None: --lr).
+    muon_momentum: float = 0.95
+    head_lr: float | None = None
+    bias_lr: float | None = None
     weight_decay: float = 0.0        # L2 penalty on weights as the optimizer defines it (Adam: coupled)
     norm_weight_decay: float = 0.0   # the same for norm-layer parameters and biases (torchvision's flag)
     norm_bias_lr_scale: float = 1.0  # learning-rate multiplier for norm-layer biases (airbench: 64)
     # "torch": lr and weight decay as torch.optim takes them, for a batch-mean loss. "per1024": the
     # airbench paper's units: lr per 1024 examples of a summed loss, divided by the momentum gain
     # 1 + 1/(1 - momentum), and weight decay per 1024 examples, decoupled from the lr (SGD only).
+    # "sum": the Muon record's units: lr for a summed loss (per example), weight decay per example and
+    # step, decoupled from the lr (SGD, and the SGD part of muon).
     lr_units: str = "torch"
     lr_schedule: str = "none"
     warmup_epochs: float = 0.0       # linear ramp length in epochs; 0 with onecycle/triangle: 25%/23% of the run
+    # The ramp never rises faster than from its start to the peak in this many steps: a shorter ramp
+    # (a short run) stops below the peak, and the rest of the schedule scales down with it. 0: no bound.
+    min_ramp_steps: int = 0
     lr_start_factor: float | None = None  # ramp start / peak lr (None: 1/25 onecycle, 0.2 triangle, 0.01 warmup)
     lr_end_factor: float | None = None    # final / peak lr (None: 1/25e4 onecycle, 0.07 triangle)
     schedule_steps: int | None = None     # the schedule's length in steps, fixed when the run starts
+    # Seconds the whole run may take, start-up and final evaluation included: the run measures its
+    # step and evaluation times, then fixes schedule_steps (and max_steps, epochs) to what fits.
+    time_budget: float | None = None
     label_smoothing: float = 0.0
     translate: int = 4               # random crop with this padding: shifts of up to N pixels
     pad_mode: str = "zeros"          # what the crop pads with: zeros (torchvision's RandomCrop) or reflect
@@ -70,10 +84,11 @@ class TrainConfig:
     amp: bool = True                 # mixed-precision training: CUDA bf16 (else fp16); CPU bf16 where native
     eval_amp: bool = False           # mixed-precision evaluation; fp32 by default, as `cifarctl evaluate`
     tensorboard: bool = False        # also write metrics.jsonl's scalars to RUN/tensorboard/ (the tensorboard extra)
-    channels_last: bool | None = None  # None: on for CUDA and CPU bf16, off for CPU fp32
+    channels_last: bool | None = None  # None: where it measured faster (engine.device.default_channels_last)
     compile: bool = False            # torch.compile the model
     sync_bn: bool = False            # under DDP: BatchNorm statistics over the global batch (SyncBatchNorm)
     eval_batch_size: int = 500
+    model_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model's factory
 
     def __post_init__(self) -> None:
         from cifarctl.errors import UsageError
@@ -90,29 +105,42 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("translate", "val_split", "eval_every", "whiten_bias_epochs"):
+        for name in ("translate", "val_split", "eval_every", "whiten_bias_epochs", "min_ramp_steps"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
         if self.tta not in (0, 1, 2):
             raise UsageError("--tta must be 0 (off), 1 (flip) or 2 (flip and shift)")
-        if self.lr_units == "per1024" and self.optimizer != "sgd":
-            raise UsageError("--lr-units per1024 is SGD's parameterisation (airbench's): use --optimizer sgd")
+        if self.lr_units != "torch" and self.optimizer == "adam":
+            raise UsageError(f"--lr-units {self.lr_units} is an SGD parameterisation: use --optimizer sgd or muon")
         if self.lr is None:
             self.lr = DEFAULT_LR[self.optimizer]
-        if self.lr <= 0:
-            raise UsageError("--lr must be positive")
+        for name in ("lr", "head_lr", "bias_lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive")
+        if self.time_budget is not None:
+            if self.time_budget <= 0:
+                raise UsageError("--time-budget must be positive (90s, 5m, 1h)")
+            if self.max_steps is not None and self.schedule_steps is None:
+                raise UsageError("--time-budget chooses the run's length: drop --max-steps")
+        self.model_options = dict(self.model_options or {})
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UsageError("--label-smoothing must be in [0, 1)")
         self.mean, self.std = tuple(self.mean), tuple(self.std)  # type: ignore[assignment]
 
     @classmethod
-    def for_model(cls, model: str, **overrides: Any) -> TrainConfig:
-        """The model's registered recipe, with ``overrides`` (None values are ignored) on top."""
-        from cifarctl.models.registry import default_recipe
+    def for_model(cls, model: str, recipe: str | None = None, **overrides: Any) -> TrainConfig:
+        """The model's registered recipe (its default, or the one called ``recipe``), with
+        ``overrides`` (None values are ignored) on top.
 
-        values = default_recipe(model)
+        Usage: ``TrainConfig.for_model("airbench94", recipe="muon", seed=1)``
+        """
+        from cifarctl.models.registry import model_card
+
+        chosen = model_card(model).get_recipe(recipe)
+        values = dict(chosen.values)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(model=model, **values)
+        return cls(model=model, recipe=chosen.name, **values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,9 +154,13 @@ class TrainConfig:
 def recipe_summary(values: dict[str, Any]) -> str:
     """One line on a recipe: ``adam lr 0.001, batch 100, 1 epoch``."""
     cfg = TrainConfig(model="-", **values)
-    units = " per 1024" if cfg.lr_units == "per1024" else ""
-    parts = [f"{'nesterov ' if cfg.nesterov and cfg.optimizer == 'sgd' else ''}{cfg.optimizer} lr {cfg.lr:g}{units}",
-             f"batch {cfg.batch_size}", f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"]
+    units = {"per1024": " per 1024", "sum": " per example"}.get(cfg.lr_units, "")
+    if cfg.optimizer == "muon":
+        first = (f"muon lr {cfg.lr:g} on filters, nesterov sgd head lr {cfg.head_lr or cfg.lr:g}{units}, "
+                 f"bias lr {cfg.bias_lr or cfg.lr:g}{units}")
+    else:
+        first = f"{'nesterov ' if cfg.nesterov and cfg.optimizer == 'sgd' else ''}{cfg.optimizer} lr {cfg.lr:g}{units}"
+    parts = [first, f"batch {cfg.batch_size}", f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"]
     if cfg.lr_schedule != "none":
         parts.append(cfg.lr_schedule)
     if cfg.weight_decay:

@@ -44,6 +44,11 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not launched_by_torchrun():
         return DistInfo()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "mps":
+        from cifarctl.errors import DeviceError
+
+        raise DeviceError("torchrun cannot train on Apple GPUs: PyTorch has no distributed backend for MPS; "
+                          "run `cifarctl train` as one process (--device mps), or use --device cpu under torchrun")
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)

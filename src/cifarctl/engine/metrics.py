@@ -122,7 +122,8 @@ class MetricsLog:
         """Drop records written after ``global_step`` (they belong to work a resume repeats)."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+        # Undecodable bytes (a damaged file) become lines that are not JSON, and are dropped with the rest.
+        kept = [line for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines()
                 if line.strip() and _record_step(line) <= global_step]
         write_text(self.path, "".join(line + "\n" for line in kept))
 
@@ -133,15 +134,30 @@ class MetricsLog:
 
     def read_safe(self) -> list[dict[str, Any]]:
         """Like ``read``, skipping unreadable lines (a line cut by a crash)."""
-        if not self.path.exists():
-            return []
-        records = []
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+        return self.read_checked()[0]
+
+    def read_checked(self) -> tuple[list[dict[str, Any]], int]:
+        """``(records, damaged)``: the readable records, and how many lines are unreadable beyond a last
+        line cut by a crash (which is expected, and not counted). An unreadable file counts as damaged."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return [], 0
+        except OSError:
+            return [], 1
+        records, bad = [], []
+        lines = text.splitlines()
+        for number, line in enumerate(lines):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not an object")
+                records.append(record)
             except ValueError:
-                continue
-        return records
+                if line.strip():
+                    bad.append(number)
+        cut_last = bool(bad) and bad[-1] == len(lines) - 1 and not text.endswith("\n")
+        return records, len(bad) - cut_last
 
 
 def _record_step(line: str) -> int:

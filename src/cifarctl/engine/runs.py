@@ -8,7 +8,7 @@ those are recorded in ``<runs>/index.txt`` (one absolute path a line) so that ``
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -68,13 +68,14 @@ class RunInfo:
     modified: datetime
     best_selected_on: str = "test"   # the split whose accuracy chose best.pt ("val" with --val-split)
     val_accuracy: float | None = None
+    damaged: list[str] = field(default_factory=list)  # files of the folder that cannot be read (config.json ...)
 
     def to_dict(self) -> dict[str, object]:
         return {"model": self.model, "path": str(self.path), "epochs": self.epochs,
                 "planned_epochs": self.planned_epochs, "global_step": self.global_step,
                 "best_accuracy": self.best_accuracy, "last_accuracy": self.last_accuracy,
                 "best_selected_on": self.best_selected_on, "val_accuracy": self.val_accuracy,
-                "modified": self.modified.isoformat(timespec="seconds")}
+                "modified": self.modified.isoformat(timespec="seconds"), "damaged": self.damaged}
 
 
 def list_runs(model: str | None = None) -> list[RunInfo]:
@@ -86,11 +87,22 @@ def list_runs(model: str | None = None) -> list[RunInfo]:
     runs = []
     for last in sorted(run_checkpoints(model)):
         folder = last.parent
+        damaged = []
         try:
             config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            if not isinstance(config, dict):
+                raise ValueError("not an object")
+        except FileNotFoundError:
             config = {}
-        records = MetricsLog(folder / "metrics.jsonl").read_safe()
+        except (OSError, ValueError):  # truncated, not JSON, not UTF-8: this run is listed, and marked
+            config, damaged = {}, ["config.json"]
+        records, bad_lines = MetricsLog(folder / "metrics.jsonl").read_checked()
+        if bad_lines:
+            damaged.append("metrics.jsonl")
+        try:
+            modified = datetime.fromtimestamp(last.stat().st_mtime)
+        except OSError:  # removed while listing
+            continue
         epochs = [r for r in records if r.get("type") == "epoch"]
         scored = [r for r in records if r.get("type") in ("epoch", "final")]
         accuracies = [r["test_acc"] for r in scored if r.get("test_acc") is not None]
@@ -102,8 +114,7 @@ def list_runs(model: str | None = None) -> list[RunInfo]:
             global_step=max((int(r.get("global_step", 0)) for r in records), default=0),
             best_accuracy=final.get("best_test_acc", max(accuracies) if accuracies else None),
             last_accuracy=accuracies[-1] if accuracies else None,
-            modified=datetime.fromtimestamp(last.stat().st_mtime),
-            best_selected_on=config.get("best_selected_on", "test"),
-            val_accuracy=vals[-1] if vals else None,
+            modified=modified, best_selected_on=config.get("best_selected_on", "test"),
+            val_accuracy=vals[-1] if vals else None, damaged=damaged,
         ))
     return sorted(runs, key=lambda r: r.modified)

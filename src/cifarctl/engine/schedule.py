@@ -7,7 +7,8 @@ of jumping back up the curve).
 
 from __future__ import annotations
 
-from typing import Iterator
+import math
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -20,7 +21,8 @@ STEP_EPOCHS = 20
 STEP_FACTOR = 1 / 3
 # Defaults per schedule: where the ramp starts and where the schedule ends, as fractions of the peak.
 START_FACTOR = {"onecycle": 1 / 25, "triangle": 0.2}   # onecycle: torch's div_factor 25
-END_FACTOR = {"onecycle": 1 / 25e4, "triangle": 0.07}   # onecycle: div_factor * final_div_factor 1e4
+END_FACTOR = {"onecycle": 1 / 25e4, "triangle": 0.07,   # onecycle: div_factor * final_div_factor 1e4
+              "linear": 0.0}
 WARMUP_START = 0.01                                     # linear warmup of none/step/cosine starts at 1% of lr
 RAMP_FRACTION = {"onecycle": 0.25, "triangle": 0.23}    # ramp share of the run when --warmup-epochs is 0
 ONECYCLE_MOMENTUM_LOW = 0.85 / 0.95                     # momentum cycles from cfg.momentum down to 89% of it
@@ -53,28 +55,67 @@ def parameter_groups(model: nn.Module) -> Iterator[tuple[str, list[nn.Parameter]
             yield key, params
 
 
+def muon_groups(model: nn.Module) -> Iterator[tuple[str, list[nn.Parameter]]]:
+    """``parameter_groups`` split for Muon: ``filters`` (conv weights, ndim 4) take Muon's step; the
+    other weights (the head) are ``head``; a whitening stem's bias is ``whiten_bias``, whose lr the
+    linear schedule takes to zero when it freezes (the Muon record's)."""
+    stem = getattr(model, "whiten", None)
+    stem_bias = stem.bias if isinstance(stem, nn.Conv2d) and stem.bias is not None else None
+    for name, params in parameter_groups(model):
+        if name == "weights":
+            filters = [p for p in params if p.ndim == 4]
+            rest = [p for p in params if p.ndim != 4]
+            yield from ((key, ps) for key, ps in (("filters", filters), ("head", rest)) if ps)
+        elif name == "other_bias" and stem_bias is not None and any(p is stem_bias for p in params):
+            yield "whiten_bias", [stem_bias]
+            rest = [p for p in params if p is not stem_bias]
+            if rest:
+                yield name, rest
+        else:
+            yield name, params
+
+
 def torch_hyperparameters(cfg: TrainConfig, group: str) -> tuple[float, float]:
     """``(lr, weight_decay)`` of one parameter group, as torch.optim takes them for a batch-mean loss."""
     assert cfg.lr is not None
-    scale = cfg.norm_bias_lr_scale if group == "norm_bias" else 1.0
-    decay = cfg.weight_decay if group == "weights" else cfg.norm_weight_decay
+    if cfg.optimizer == "muon":
+        if group == "filters":
+            return cfg.lr, 0.0  # Muon's own units: its steps are orthogonalised, whatever the loss's scale
+        base = cfg.head_lr if group == "head" else cfg.bias_lr
+        lr, scale = base or cfg.lr, 1.0
+    else:
+        lr, scale = cfg.lr, cfg.norm_bias_lr_scale if group == "norm_bias" else 1.0
+    decay = cfg.weight_decay if group in ("weights", "head") else cfg.norm_weight_decay
     if cfg.lr_units == "torch":
-        return cfg.lr * scale, decay
+        return lr * scale, decay
+    if cfg.lr_units == "sum":
+        # A summed loss with lr L takes the steps of a mean loss with lr L * batch; weight decay D per
+        # example shrinks the weights by D * batch per step whatever the lr (torch couples it to the lr).
+        mean_lr = lr * scale * cfg.batch_size
+        return mean_lr, decay * cfg.batch_size / mean_lr
     # airbench's parameterisation. Its summed loss with lr L/k (k = 1024 examples times Nesterov's
     # gain 1 + 1/(1 - momentum)) takes the same steps as a mean loss with lr L * batch / k; its weight
     # decay D shrinks weights by D * batch / k per step whatever the group's lr, so torch's coupled
     # weight_decay is that amount divided by the group's lr.
     kilostep = 1024 * (1 + 1 / (1 - cfg.momentum))
-    lr = cfg.lr * cfg.batch_size / kilostep * scale
+    lr = lr * cfg.batch_size / kilostep * scale
     return lr, decay * cfg.batch_size / kilostep / lr
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam or SGD over ``model``'s parameter groups (see ``parameter_groups``)."""
-    groups = []
-    for name, params in parameter_groups(model):
+    """Adam, SGD or Muon over ``model``'s parameter groups (see ``parameter_groups``, ``muon_groups``)."""
+    groups: list[dict[str, Any]] = []
+    muon = cfg.optimizer == "muon"
+    for name, params in (muon_groups if muon else parameter_groups)(model):
         lr, decay = torch_hyperparameters(cfg, name)
         groups.append({"params": params, "lr": lr, "weight_decay": decay, "name": name})
+        if muon:  # Muon's momentum for the filters, SGD's for the rest
+            use_muon = name == "filters"
+            groups[-1].update(use_muon=use_muon, momentum=cfg.muon_momentum if use_muon else cfg.momentum)
+    if muon:
+        from cifarctl.engine.muon import Muon
+
+        return Muon(groups, lr=cfg.lr, momentum=cfg.muon_momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.Adam(groups, lr=cfg.lr)
@@ -83,6 +124,51 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """The schedule's length: the stored one, or all the run's epochs."""
     return cfg.schedule_steps or max(cfg.epochs * steps_per_epoch, 1)
+
+
+# How a ramp of n steps climbs: onecycle along half a cosine over n - 1 steps (torch's OneCycleLR), so
+# its steepest step rises pi/2 times its average; the others along a straight line over n steps.
+def _ramp_shape(kind: str) -> tuple[float, int]:
+    return (math.pi / 2, 1) if kind == "onecycle" else (1.0, 0)
+
+
+def ramp_reach(cfg: TrainConfig, ramp: int, start: float) -> float:
+    """The fraction of the peak lr that a ramp of ``ramp`` steps may reach under ``cfg.min_ramp_steps``.
+
+    A ramp of ``min_ramp_steps`` or more reaches the peak; a shorter one climbs no steeper than that
+    one does at its steepest step, so it ends below the peak, and the whole schedule is scaled by that
+    fraction (a short run's peak is lower, its shape unchanged).
+    """
+    steepness, offset = _ramp_shape(cfg.lr_schedule)
+    if not cfg.min_ramp_steps or ramp >= cfg.min_ramp_steps:
+        return 1.0
+    return start + (1 - start) * max(ramp - offset, 0) / max(cfg.min_ramp_steps - offset, 1)
+
+
+def max_ramp_rise(cfg: TrainConfig) -> float | None:
+    """The largest rise of the lr in one step that ``cfg.min_ramp_steps`` allows, as a fraction of the
+    peak (None: no bound): the steepest step of a ramp of exactly ``min_ramp_steps``."""
+    if not cfg.min_ramp_steps:
+        return None
+    steepness, offset = _ramp_shape(cfg.lr_schedule)
+    start = cfg.lr_start_factor if cfg.lr_start_factor is not None else START_FACTOR.get(cfg.lr_schedule, WARMUP_START)
+    return (1 - start) * steepness / max(cfg.min_ramp_steps - offset, 1)
+
+
+def _linear(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total: int, ramp: int, start: float,
+            end: float, steps_per_epoch: int) -> lr_scheduler.LRScheduler:
+    """Ramp (if any), then straight down to ``end`` x peak at the last step. A whitening stem's bias
+    reaches zero when it freezes, after ``whiten_bias_epochs`` (the Muon record's)."""
+
+    def main(step: int, horizon: int, floor: float) -> float:
+        if step < ramp:
+            return start + (1 - start) * step / ramp
+        return max(floor, 1 - (1 - floor) * (step - ramp) / max(horizon - ramp, 1))
+
+    whiten_steps = max(cfg.whiten_bias_epochs * steps_per_epoch, ramp + 1)
+    lambdas = [(lambda step: main(step, whiten_steps, 0.0)) if group.get("name") == "whiten_bias"
+               else (lambda step: main(step, total, end)) for group in optimizer.param_groups]
+    return lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
@@ -94,16 +180,25 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
     ramp = min(ramp, total - 1)
     start = cfg.lr_start_factor if cfg.lr_start_factor is not None else START_FACTOR.get(kind, WARMUP_START)
     end = cfg.lr_end_factor if cfg.lr_end_factor is not None else END_FACTOR.get(kind, 1.0)
+    if kind == "linear":
+        return _linear(cfg, optimizer, total, ramp, start, end, steps_per_epoch)
     # OneCycleLR needs two steps in each of its phases; shorter runs get a plain ramp (below).
     if kind == "onecycle" and total >= 4:
         ramp = min(max(ramp, 2), total - 2)
+        reach = ramp_reach(cfg, ramp, start)
         sgd = isinstance(optimizer, torch.optim.SGD)
         top = cfg.momentum if sgd else optimizer.defaults["betas"][0]  # Adam cycles its beta1
+        # Starts at start x the recipe's peak whatever the reach; peak and end are scaled by it.
         return lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-            pct_start=ramp / total, anneal_strategy="cos", div_factor=1 / start,
-            final_div_factor=start / end, cycle_momentum=top > 0, max_momentum=top,
+            optimizer, max_lr=[g["lr"] * reach for g in optimizer.param_groups], total_steps=total,
+            pct_start=ramp / total, anneal_strategy="cos", div_factor=reach / start,
+            final_div_factor=start / (end * reach), cycle_momentum=top > 0, max_momentum=top,
             base_momentum=top * ONECYCLE_MOMENTUM_LOW)
+    reach = ramp_reach(cfg, ramp, start) if ramp else 1.0
+    if reach < 1.0:  # a short ramp under --min-ramp-steps: every lr of the schedule scaled down alike
+        for group in optimizer.param_groups:
+            group["lr"] *= reach
+        start /= reach  # the ramp still starts at start x the recipe's peak
     if kind == "triangle":
         return lr_scheduler.SequentialLR(optimizer, [
             lr_scheduler.LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=max(ramp, 1)),

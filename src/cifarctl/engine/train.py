@@ -8,11 +8,14 @@ resumed from its last checkpoint ends with the same weights as one never interru
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
+import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,20 +28,27 @@ from cifarctl import paths
 from cifarctl.atomic import write_text
 from cifarctl.data.cifar10 import CIFAR10
 from cifarctl.data.loader import DeviceLoader, epoch_seed, normalize
-from cifarctl.engine.checkpoint import find_latest, load_checkpoint, load_weights, save_checkpoint
+from cifarctl.engine.budget import CALIBRATION_MAX_STEPS, CALIBRATION_MIN_S, CALIBRATION_SHARE, CALIBRATION_STEPS, \
+    BudgetPlan, Stopwatch, plan_steps
+from cifarctl.engine.checkpoint import find_latest, load_checkpoint, load_weights, save_checkpoint, upgrade_state_dict
 from cifarctl.engine import distributed as ddp
 from cifarctl.engine.config import TrainConfig
-from cifarctl.engine.device import autocast_dtype, resolve_device
-from cifarctl.engine.evaluate import EvalResult, evaluate_model
+from cifarctl.engine.device import autocast_dtype, default_channels_last, needs_grad_scaler, resolve_device
+from cifarctl.engine.evaluate import EvalResult, evaluate_model, tta_logits
 from cifarctl.engine.ema import Lookahead
 from cifarctl.engine.metrics import MetricsLog, RunningMetrics, TensorBoardWriter
 from cifarctl.engine.runs import register_run
 from cifarctl.engine.schedule import build_optimizer, build_scheduler, schedule_steps
-from cifarctl.errors import CheckpointError, CifarctlError, UsageError
+from cifarctl.errors import CheckpointError, CifarctlError, FileSystemError, RunInUse, UsageError
+from cifarctl.locks import exclusive
 from cifarctl.models import create_model
 from cifarctl.progress import NullProgress, Progress
 
 TIME_BETWEEN_SAVES_S = 180.0  # default checkpoint interval when --save-every is not given
+TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each test-time augmentation level
+# Under a time budget the recipe's test-time augmentation stays unless its final evaluation would take
+# more than this share of the budget (on a 2-core AVX2 CPU, airbench94's level 2 takes 150 s).
+TTA_BUDGET_SHARE = 0.25
 WHITENING_IMAGES = 5000       # training images whose 2x2 patches set a whitening stem (airbench's number)
 
 
@@ -72,6 +82,7 @@ class TrainResult:
     best_selected_on: str = "test"   # which split chose best.pt
     tta: int = 0                     # test-time augmentation level of the test numbers
     finished_before: bool = False    # a resumed run that had nothing left to do
+    budget: dict[str, Any] | None = None  # the time-budget plan (BudgetPlan.to_dict()), with --time-budget
 
 
 def new_run_dir(model_name: str) -> Path:
@@ -93,6 +104,8 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
@@ -100,6 +113,8 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"])
 
 
 def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,12 +145,20 @@ class Trainer:
     """One training run. Use ``train()`` unless you need the pieces."""
 
     def __init__(self, cfg: TrainConfig, data: CIFAR10, run_dir: Path, progress: Progress | None = None,
-                 stop: threading.Event | None = None, resume: dict[str, Any] | None = None) -> None:
+                 stop: threading.Event | None = None, resume: dict[str, Any] | None = None,
+                 notify: Callable[[str], None] | None = None, clock: float | None = None) -> None:
+        """``clock``: the ``time.monotonic()`` from which ``cfg.time_budget`` counts (default: now)."""
+        clock = time.monotonic() if clock is None else clock
         self.cfg, self.data, self.run_dir = dataclasses.replace(cfg), data, run_dir  # a copy: resolved below
         self.progress = progress or NullProgress()
         self.stop = stop or threading.Event()
         self.notices: list[str] = []
+        self.notify = notify or (lambda _text: None)
+        self.plan: BudgetPlan | None = None
         device = resolve_device(cfg.device)
+        if device.type == "mps" and cfg.compile:
+            raise UsageError("--compile is not used on Apple GPUs (torch.compile's MPS backend is experimental): "
+                             "drop --compile")
         self.dist = ddp.init_distributed(device)
         self.device = ddp.rank_device(device, self.dist)
         if self.device.type == "cuda":
@@ -143,10 +166,9 @@ class Trainer:
         self.cast = autocast_dtype(self.device, cfg.amp)
         channels_last = cfg.channels_last
         if channels_last is None:
-            # Measured: faster on CUDA and with CPU bf16; fp32 training on CPU is a little slower with it.
-            channels_last = self.device.type == "cuda" or self.cast is not None
+            channels_last = default_channels_last(self.device, self.cast)
         self.model, self.forward = self._build_model(len(data.classes), channels_last, init=resume is None)
-        self.scaler = torch.amp.GradScaler("cuda") if self.cast == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if needs_grad_scaler(self.cast) else None
         shard = dict(rank=self.dist.rank, world_size=self.dist.world_size)
         norm = dict(channels_last=channels_last, mean=cfg.mean, std=cfg.std)
         train_images, train_labels = data.train_images, data.train_labels
@@ -162,16 +184,23 @@ class Trainer:
         self.test_loader = DeviceLoader(data.test_images, data.test_labels, cfg.eval_batch_size, self.device,
                                         train=False, **norm, **shard)
         cfg = self.cfg
-        if cfg.schedule_steps is None:  # fixed now, so a resumed run keeps this schedule whatever --epochs says
-            cfg.schedule_steps = schedule_steps(cfg, len(self.train_loader))
         if resume is None and cfg.whiten and not cfg.init_ckpt:
             self._init_whitening(train_images)
         self.optimizer = build_optimizer(cfg, self.model)
+        self.peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.clock, self.measured_steps, self.first_step_s = clock, 0, 0.0
+        # A time budget not yet fitted: the run measures its first steps (on the recipe's own length meanwhile).
+        self.budget_watch: Stopwatch | None = None
+        if cfg.time_budget is not None and cfg.schedule_steps is None and resume is None:
+            self.budget_watch = Stopwatch(self.device)
+        if cfg.schedule_steps is None:  # fixed now, so a resumed run keeps this schedule whatever --epochs says
+            cfg.schedule_steps = schedule_steps(cfg, len(self.train_loader))
         self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
         self.lookahead = Lookahead(self.model) if cfg.ema else None
         self.running = RunningMetrics(self.device)
         self.log = MetricsLog(run_dir / "metrics.jsonl")
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.saved_step: int | None = None    # the step of the last.pt on disk (None: none yet)
         self.best_accuracy: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None  # best weights, kept for the final test (--val-split)
         self.last_eval: EvalResult | None = None
@@ -188,6 +217,105 @@ class Trainer:
     @property
     def best_selected_on(self) -> str:
         return "val" if self.val_loader is not None else "test"
+
+    # -- the time budget ---------------------------------------------------------------------
+    # The first steps of a run with a time budget measure the step time. While they run the lr is held
+    # at the schedule's first value, which is the same whatever its length; then the length is fixed,
+    # the schedule built for it and advanced to the step reached. Nothing is thrown away.
+    @property
+    def measuring(self) -> bool:
+        return self.budget_watch is not None
+
+    def _measure_step(self) -> None:
+        """After each step while measuring: start the clock after the first, plan once enough are timed."""
+        assert self.cfg.time_budget is not None and self.budget_watch is not None
+        self.measured_steps += 1
+        if self.measured_steps == 1:  # the first step builds kernels and caches: not typical
+            self.first_step_s = self.budget_watch.seconds()
+            self.budget_watch = Stopwatch(self.device)
+            if time.monotonic() - self.clock > self.cfg.time_budget and not self.dist.enabled:
+                self._fit_to_budget(self.first_step_s)  # over already: says so now
+            return
+        timed, seconds = self.measured_steps - 1, self.budget_watch.seconds()
+        enough = timed >= CALIBRATION_STEPS and (self.dist.enabled or seconds >= CALIBRATION_MIN_S)
+        # A slow machine stops measuring after a twentieth of the budget: those steps run at the held lr.
+        slow = not self.dist.enabled and seconds >= CALIBRATION_SHARE * self.cfg.time_budget
+        if enough or slow or timed >= CALIBRATION_MAX_STEPS:  # under DDP a fixed count: every rank plans at once
+            self._fit_to_budget(seconds / timed)
+
+    def _fit_to_budget(self, step_s: float) -> None:
+        """Fix the run's length to what the rest of the budget allows, and rebuild the schedule for it."""
+        cfg = self.cfg
+        assert cfg.time_budget is not None
+        level_s = self._time_eval_levels() if cfg.eval else {level: 0.0 for level in TTA_VIEWS}
+        cfg.tta, note = choose_tta(cfg.tta, level_s, len(self.test_loader), cfg.time_budget)
+        per_epoch = self.val_loader if self.val_loader is not None else self.test_loader
+        eval_s = level_s[0] * len(per_epoch) if cfg.eval and cfg.eval_every else 0.0
+        final_eval_s = level_s[cfg.tta] * len(self.test_loader)
+        if self.val_loader is not None:  # the val pass at the end, and last.pt and best.pt on the test set
+            final_eval_s = eval_s + 2 * final_eval_s
+        spent = time.monotonic() - self.clock
+        plan = plan_steps(cfg.time_budget, spent, step_s, len(self.train_loader), eval_s, final_eval_s,
+                          cfg.eval_every if cfg.eval else 0, done_steps=self.global_step)
+        plan.tta, plan.note, plan.measured_steps = cfg.tta, note, self.global_step
+        self.plan = plan = ddp.broadcast_object(plan)  # every rank trains the same number of steps
+        cfg.tta = plan.tta
+        cfg.schedule_steps = cfg.max_steps = plan.steps
+        cfg.epochs = -(-plan.steps // len(self.train_loader))
+        self.scheduler = self._schedule_from(self.global_step)
+        self.budget_watch = None
+        self._write_config()
+        if self.dist.is_main:
+            self.log.append({"type": "budget", "global_step": self.global_step, **plan.to_dict()})
+        self.notify(plan.describe(cfg.model))
+
+    def _schedule_from(self, step: int) -> Any:
+        """A fresh schedule of ``cfg.schedule_steps`` steps over the optimizer's peak lrs, advanced to ``step``."""
+        for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
+            group["lr"] = peak
+            group.pop("initial_lr", None)
+        scheduler = build_scheduler(self.cfg, self.optimizer, len(self.train_loader))
+        with warnings.catch_warnings():  # "step() before optimizer.step()": the steps were taken before it existed
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                scheduler.step()
+        return scheduler
+
+    def _time_eval_levels(self) -> dict[int, float]:
+        """Seconds per evaluation batch at each test-time augmentation level.
+
+        Level 0 is timed on a whole batch, after a first pass that builds the kernels for its shape
+        (a 100-image sample underestimated a 500-image batch by 1.3x on a CPU). The run's own level
+        costs more than its views (its flips and shifts: level 2 is 6.9x level 0 on a CPU, not 6x),
+        so its ratio to level 0 is timed on 100 images; the level between is scaled by its views.
+        """
+        cast = autocast_dtype(self.device, self.cfg.eval_amp)
+        x, _ = next(iter(self.test_loader.epoch(0)))
+
+        def timed(batch: torch.Tensor, level: int) -> float:
+            watch = Stopwatch(self.device)
+            tta_logits(self.model, batch, level)
+            return watch.seconds()
+
+        tta = self.cfg.tta
+        self.model.eval()
+        try:
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=cast or torch.float32,
+                                                        enabled=cast is not None):
+                # The larger of two timings each: one pass is noisy, and running over the budget is worse
+                # than a step less (one pass under-estimated a 10,000-image TTA 2 evaluation by a third).
+                tta_logits(self.model, x, 0)
+                level0 = max(timed(x, 0), timed(x, 0))
+                ratio = 1.0
+                if tta:
+                    sample = x[:100]
+                    tta_logits(self.model, sample, 0)
+                    ratio = max(timed(sample, tta) / max(timed(sample, 0), 1e-9) for _ in range(2))
+        finally:
+            self.model.train()
+        per_view = level0 * ratio / TTA_VIEWS[tta]
+        return {level: level0 if level == 0 else level0 * ratio if level == tta else per_view * views
+                for level, views in TTA_VIEWS.items()}
 
     def _init_whitening(self, images: torch.Tensor) -> None:
         """Set the model's whitening stem from a seeded sample of training images (normalised, not augmented).
@@ -212,7 +340,7 @@ class Trainer:
         """The model on its device (and its DDP / compiled wrapper for the forward pass)."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model, num_classes=num_classes)
+        model = create_model(cfg.model, num_classes=num_classes, **cfg.model_options)
         if cfg.init_ckpt and init:
             load_weights(model, cfg.model, load_checkpoint(cfg.init_ckpt), cfg.init_ckpt)
         if self.dist.rank:  # every rank starts from the same weights but draws its own dropout masks
@@ -241,7 +369,7 @@ class Trainer:
             "config": self.cfg.to_dict(), "running": self.running.state_dict(), "best_accuracy": self.best_accuracy,
             "metrics": self._metrics_summary(), "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "last_train": list(self.last_train), "best_selected_on": self.best_selected_on,
-            "classes": list(self.data.classes),
+            "classes": list(self.data.classes), "budget": self.plan.to_dict() if self.plan else None,
         }
 
     def _metrics_summary(self) -> dict[str, Any]:
@@ -261,26 +389,42 @@ class Trainer:
         return states[0] if len(states) == 1 else states
 
     def save(self, best: bool = False) -> None:
-        """Every rank calls this (it gathers RNG states and metrics); rank 0 writes."""
+        """Every rank calls this (it gathers RNG states and metrics); rank 0 writes.
+
+        A failed write (a full disk) leaves the previous checkpoint in place and says so.
+        """
         state = self._state()
         if not self.dist.is_main:
             return
-        save_checkpoint(self.run_dir / "last.pt", state)
-        if best:
-            save_checkpoint(self.run_dir / "best.pt", state)
+        try:
+            save_checkpoint(self.run_dir / "last.pt", state)
+            self.saved_step = self.global_step
+            if best:
+                save_checkpoint(self.run_dir / "best.pt", state)
+        except FileSystemError as exc:
+            raise FileSystemError(f"{exc}; {self._what_is_kept()}", exc.errno) from None
+
+    def _what_is_kept(self) -> str:
+        last = self.run_dir / "last.pt"
+        if self.saved_step is None:
+            return "no checkpoint of this run was written before; free some space and train again"
+        return (f"{last} (step {self.saved_step}) is intact, and best.pt as it was: free some space, then "
+                f"`cifarctl train {self.cfg.model} --resume {self.run_dir}` continues from step {self.saved_step}")
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
-            self.model.load_state_dict(state["model"])
+            self.model.load_state_dict(upgrade_state_dict(self.model, state["model"]))
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-            self.global_step = int(state["global_step"])
+            self.global_step = self.saved_step = int(state["global_step"])
             if self.dist.is_main:  # the sums cover all ranks; rank 0 carries them on
                 self.running.load_state_dict(state["running"])
             self.best_accuracy = state.get("best_accuracy")
+            if state.get("budget"):
+                self.plan = BudgetPlan(**{k: v for k, v in state["budget"].items() if k != "epochs"})
             if self.lookahead is not None:
                 self.lookahead.load_state_dict(state["lookahead"])
             self.last_train = tuple(state.get("last_train") or self.last_train)
@@ -304,7 +448,8 @@ class Trainer:
             "randomness starts afresh, so the result will not be bit-identical to an uninterrupted run")
 
     # -- the loop ----------------------------------------------------------------------------
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _optimizer_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward and one optimizer step; ``(loss, logits)``."""
         with torch.autocast(self.device.type, dtype=self.cast or torch.float32, enabled=self.cast is not None):
             logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
@@ -316,8 +461,12 @@ class Trainer:
         else:
             loss.backward()
             self.optimizer.step()
+        return loss, logits
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        loss, logits = self._optimizer_step(x, y)
         step, total = self.global_step + 1, self.cfg.schedule_steps or 1
-        if step < total:  # past its end (a run lengthened on resume) the schedule stays at its final lr
+        if step < total and not self.measuring:  # past its end (a run lengthened on resume) it stays at its final lr
             self.scheduler.step()
         if self.lookahead is not None:
             self.lookahead.step(self.model, step, total)
@@ -397,6 +546,12 @@ class Trainer:
 
     def _save_or_stop(self, steps: int, since_save: float) -> bool:
         """Save when due or asked to stop (then raise TrainingInterrupted); True if it saved."""
+        if self.measuring:  # the length is not fixed yet: a checkpoint now could not be resumed to the budget
+            if not self.stop.is_set() or self.dist.enabled:
+                return False
+            assert self.budget_watch is not None
+            timed = self.measured_steps - 1
+            self._fit_to_budget(self.budget_watch.seconds() / timed if timed else self.first_step_s)
         due = (self.global_step % self.cfg.save_every == 0 if self.cfg.save_every
                else since_save >= TIME_BETWEEN_SAVES_S)
         stop = self.stop.is_set()
@@ -417,9 +572,7 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             register_run(self.run_dir)
-            write_text(self.run_dir / "config.json", json.dumps(
-                {**cfg.to_dict(), "world_size": self.dist.world_size, "best_selected_on": self.best_selected_on},
-                indent=2) + "\n")
+            self._write_config()
         if cfg.tensorboard and self.dist.is_main:
             # Events after the checkpoint belong to work the resume redoes (as metrics.jsonl drops them).
             purge = self.global_step + 1 if self.global_step else None
@@ -443,6 +596,8 @@ class Trainer:
                 self._train_step(x, y)
                 self.step_in_epoch += 1
                 self.global_step += 1
+                if self.measuring:
+                    self._measure_step()
                 images_seen += len(y) * self.dist.world_size  # every rank took an equal share
                 epoch_images += len(y) * self.dist.world_size
                 self._report_step(steps, epoch_images, epoch_started)
@@ -460,6 +615,14 @@ class Trainer:
             last_save = time.perf_counter()
         return self.result(time.perf_counter() - started, images_seen / max(train_seconds, 1e-9))
 
+    def _write_config(self) -> None:
+        if not self.dist.is_main:
+            return
+        plan = {"budget_plan": self.plan.to_dict()} if self.plan else {}
+        write_text(self.run_dir / "config.json", json.dumps(
+            {**self.cfg.to_dict(), "world_size": self.dist.world_size, "best_selected_on": self.best_selected_on,
+             **plan}, indent=2) + "\n")
+
     def stored_result(self) -> TrainResult:
         """The results a finished run recorded in its checkpoint (for a resume with nothing left to do)."""
         stored = self.stored_metrics
@@ -475,20 +638,56 @@ class Trainer:
             self.run_dir, self.cfg.model, self.epoch, self.global_step, *self.last_train,
             test.accuracy if test else None, test.loss if test else None, seconds, images_per_s, str(self.device),
             val_accuracy=val.accuracy if val else None, best_test_accuracy=best.accuracy if best else None,
-            best_selected_on=self.best_selected_on, tta=test.extra.get("tta_level", 0) if test else 0)
+            best_selected_on=self.best_selected_on, tta=test.extra.get("tta_level", 0) if test else 0,
+            budget=self.plan.to_dict() if self.plan else None)
+
+
+def choose_tta(level: int, batch_s: dict[int, float], batches: int, budget_s: float) -> tuple[int, str]:
+    """The test-time augmentation a time budget can afford: the recipe's ``level``, unless its final evaluation
+    would take more than ``TTA_BUDGET_SHARE`` of the budget; then the highest level that fits (at least 0).
+
+    Returns the level and a note for the user ("" when the recipe's level stays).
+    """
+    affordable = [lv for lv in range(level, -1, -1) if batch_s[lv] * batches <= TTA_BUDGET_SHARE * budget_s]
+    chosen = affordable[0] if affordable else 0
+    if chosen == level:
+        return level, ""
+    return chosen, (f"test-time augmentation {level} would take {batch_s[level] * batches:.0f} s of the budget; "
+                    f"the final evaluation uses level {chosen} ({batch_s[chosen] * batches:.0f} s) and training the rest")
 
 
 def train(cfg: TrainConfig, data: CIFAR10, out_dir: Path | None = None, progress: Progress | None = None,
-          stop: threading.Event | None = None) -> TrainResult:
+          stop: threading.Event | None = None, notify: Callable[[str], None] | None = None,
+          clock: float | None = None) -> TrainResult:
     """Train ``cfg.model`` on ``data`` into ``out_dir`` (default: a new run folder).
 
+    With ``cfg.time_budget`` the run fits its length to that many seconds, counted from ``clock``
+    (a ``time.monotonic()``; default: now) and says what it chose through ``notify``.
     Usage: ``train(TrainConfig("resnet50", epochs=1, device="cpu"), load_cifar10())``
     """
     run_dir = Path(out_dir) if out_dir else new_run_dir(cfg.model)
-    if (run_dir / "last.pt").exists():
-        raise CifarctlError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
-                            "or choose another --out")
-    return Trainer(cfg, data, run_dir, progress, stop).run()
+    with run_lock(run_dir):
+        if (run_dir / "last.pt").exists():
+            raise CifarctlError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+                                "or choose another --out")
+        return Trainer(cfg, data, run_dir, progress, stop, notify=notify, clock=clock).run()
+
+
+def run_lock(run_dir: Path) -> Any:
+    """Hold ``run_dir``'s lock while training in it: a second writer is refused at once, naming the holder.
+
+    The kernel drops the lock when its process dies (even by SIGKILL). Under torchrun rank 0 alone
+    takes it (the other ranks write nothing). Reading a run (evaluate, predict, export, runs) never
+    takes it, so never waits.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+
+    def refuse(who: str) -> None:
+        raise RunInUse(f"{run_dir} is in use: {who} is training in it; wait for it to finish or stop it "
+                       "(a run folder has one writer at a time)")
+
+    return exclusive(Path(run_dir), refuse)
 
 
 # Settings that may change when a run is resumed: none of them alters the part already trained.
@@ -535,11 +734,19 @@ def resume(run_dir: Path, data: CIFAR10, overrides: dict[str, Any] | None = None
 
     Everything comes from the checkpoint; ``overrides`` may change only ``RESUMABLE`` settings
     (others are refused, see ``resume_config``). ``notify`` receives notices (e.g. a changed world
-    size, or a run that was already finished, whose stored results come back). ``loaded`` is
-    ``load_run(run_dir)`` when the caller has read it already.
+    size, or a run that was already finished, whose stored results come back). ``loaded``, the
+    caller's ``load_run(run_dir)``, is accepted for compatibility; the run is read again under its lock.
     Usage: ``resume(Path("runs/resnet50/2026..."), load_cifar10())``
     """
-    loaded = loaded or load_run(run_dir)
+    with run_lock(run_dir):
+        # Read again under the lock (``loaded`` served the caller's checks): a writer that finished after the
+        # caller read the run may have moved it on.
+        return _resume_locked(run_dir, data, overrides, progress, stop, notify)
+
+
+def _resume_locked(run_dir: Path, data: CIFAR10, overrides: dict[str, Any] | None, progress: Progress | None,
+                   stop: threading.Event | None, notify: Callable[[str], None] | None) -> TrainResult:
+    loaded = load_run(run_dir)
     cfg = resume_config(run_dir, None, overrides, loaded)
     state = loaded[1]
     trainer = Trainer(cfg, data, run_dir, progress, stop, resume=state)

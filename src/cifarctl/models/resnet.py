@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cifarctl.models.registry import register_model
+from cifarctl.models.registry import Recipe, register_model
 
 
 def unit(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int) -> nn.Sequential:
@@ -85,7 +85,8 @@ class ResNet50Course(nn.Module):
         return self.fc(out)
 
 
-@register_model(reference="none published (the course gives a 285-epoch checkpoint)", summary="the course's recipe")
+@register_model(recipes=[Recipe("course", reference="none published (the course gives a 285-epoch checkpoint)",
+                                summary="the course's recipe")])
 def resnet50(num_classes: int = 10) -> nn.Module:
     """Course ResNet-50 (bottlenecks 3/4/6), 14,750,730 parameters; loads the course's checkpoints."""
     return ResNet50Course(num_classes=num_classes)

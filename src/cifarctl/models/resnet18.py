@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from cifarctl.models.registry import SGD_ONECYCLE_RECIPE, register_model
+from cifarctl.models.registry import SGD_ONECYCLE_RECIPE, Recipe, register_model
 
 
-@register_model(recipe=SGD_ONECYCLE_RECIPE, reference="93.02% after 200 epochs (kuangliu/pytorch-cifar ResNet18)")
+@register_model(recipes=[Recipe("onecycle", SGD_ONECYCLE_RECIPE,
+                                reference="93.02% after 200 epochs (kuangliu/pytorch-cifar ResNet18); this 40-epoch "
+                                          "recipe is unmeasured (needs a GPU)")])
 def resnet18(num_classes: int = 10) -> nn.Module:
     """CIFAR ResNet-18 (BasicBlocks 2/2/2/2, 3x3 stem), 11,173,962 parameters at 10 classes."""
     from torchvision.models import resnet   # here: importing torchvision costs a second that others need not pay

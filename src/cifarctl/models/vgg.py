@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from cifarctl.models.registry import SGD_ONECYCLE_RECIPE, register_model
+from cifarctl.models.registry import SGD_ONECYCLE_RECIPE, Recipe, register_model
 
 # Channel counts per conv layer; "M" is a 2x2 max pool. Five pools take 32x32 to 1x1.
 VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -68,14 +68,16 @@ class VGGBN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-@register_model(reference="86.12% after 250 + 1 epochs (the course's checkpoint, as the seed reports it)",
-                summary="the course's recipe")
+@register_model(recipes=[Recipe("course", reference="86.12% after 250 + 1 epochs (the course's checkpoint, as the "
+                                                    "seed reports it)", summary="the course's recipe")])
 def vgg16(num_classes: int = 10) -> nn.Module:
     """VGG-16 (13 conv + BN head), 14,983,498 parameters; loads the course's vgg16 checkpoints."""
     return VGG(VGG16_CFG, num_classes=num_classes)
 
 
-@register_model(recipe=SGD_ONECYCLE_RECIPE, reference="92.64% after 200 epochs (kuangliu/pytorch-cifar VGG16)")
+@register_model(recipes=[Recipe("onecycle", SGD_ONECYCLE_RECIPE,
+                                reference="92.64% after 200 epochs (kuangliu/pytorch-cifar VGG16); this 40-epoch "
+                                          "recipe is unmeasured (needs a GPU)")])
 def vgg16_bn(num_classes: int = 10) -> nn.Module:
     """CIFAR VGG-16 with BatchNorm after every conv and a linear head, 14,728,266 parameters."""
     return VGGBN(VGG16_CFG, num_classes=num_classes)

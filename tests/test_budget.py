@@ -1,0 +1,174 @@
+"""Training to a time budget: the arithmetic, the TTA choice, and a run fitted, resumed and recorded."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+import importlib
+
+from cifarctl.engine import TrainConfig, TrainingInterrupted, resume, train
+from cifarctl.engine.budget import evaluations_before_end, format_duration, parse_duration, plan_steps
+from cifarctl.engine.schedule import build_optimizer, build_scheduler
+from cifarctl.engine.train import choose_tta
+from cifarctl.errors import UsageError
+from cifarctl.models import create_model
+
+from conftest import StopAfterAdvances, tiny_dataset
+
+train_mod = importlib.import_module("cifarctl.engine.train")  # the module, not the function of that name
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h", 3600), ("1h30m", 5400),
+                                           ("2.5m", 150), ("300", 300), (" 10M ", 600)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 minutes", "m5", "0s", "-5", "", "5x", "1h 1q"])
+def test_bad_durations_are_one_line_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError, match="--time-budget"):
+        parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (298.4, 45, 3600, 5430)] == ["4m58s", "45s", "1h", "1h30m30s"]
+
+
+def test_plan_fills_what_is_left_with_steps() -> None:
+    # 300 s, 10 s spent, 30 s for the final evaluation, nothing kept back: 260 s at 2 s a step.
+    plan = plan_steps(300, spent_s=10, step_s=2.0, steps_per_epoch=49, final_eval_s=30, reserve_s=0)
+    assert plan.steps == 130 and plan.evaluations == 0 and plan.epochs == pytest.approx(130 / 49)
+
+
+def test_plan_pays_for_the_evaluations_it_takes() -> None:
+    # Evaluating after each full epoch (5 s) costs steps: 2n + 5 * ((n - 1) // 49) <= 260 -> n = 125.
+    plan = plan_steps(300, spent_s=10, step_s=2.0, steps_per_epoch=49, eval_s=5, final_eval_s=30, eval_every=1,
+                      reserve_s=0)
+    assert plan.steps == 125 and plan.evaluations == 2
+    assert evaluations_before_end(49, 49, 1) == 0 and evaluations_before_end(50, 49, 1) == 1
+    assert evaluations_before_end(99, 49, 2) == 1 and evaluations_before_end(500, 49, 0) == 0
+
+
+def test_plan_counts_the_steps_already_taken_and_keeps_a_reserve() -> None:
+    plan = plan_steps(300, spent_s=10, step_s=2.0, steps_per_epoch=49, final_eval_s=30, done_steps=4)
+    assert plan.reserve_s == pytest.approx(1.5 + 0.02 * 300)
+    assert plan.steps == 4 + int((300 - 10 - plan.reserve_s - 30) // 2.0)
+
+
+def test_a_budget_too_short_says_how_long_to_give() -> None:
+    with pytest.raises(UsageError, match="too short here.*give at least"):
+        plan_steps(60, spent_s=20, step_s=2.0, steps_per_epoch=49, final_eval_s=45, done_steps=2)
+    with pytest.raises(UsageError, match="no time to train"):
+        plan_steps(60, spent_s=20, step_s=50.0, steps_per_epoch=49, final_eval_s=5)
+
+
+def test_tta_stays_unless_it_would_eat_a_quarter_of_the_budget() -> None:
+    per_batch = {0: 1.0, 1: 2.2, 2: 7.0}          # seconds per evaluation batch at each level
+    assert choose_tta(2, per_batch, 20, 1000) == (2, "")                  # 140 s of 1000: kept
+    level, note = choose_tta(2, per_batch, 20, 300)                       # 140 s of 300: too much
+    assert level == 1 and "level 1 (44 s)" in note
+    assert choose_tta(2, per_batch, 20, 60)[0] == 0                       # not even level 1 fits: 0
+    assert choose_tta(0, per_batch, 20, 10) == (0, "")
+
+
+class FixedStopwatch:
+    """Every measured interval takes ``SECONDS``: the plan then depends on the arithmetic alone."""
+
+    SECONDS = 10.0
+
+    def __init__(self, device: object) -> None:
+        pass
+
+    def seconds(self) -> float:
+        return self.SECONDS
+
+
+BUDGET_CFG = dict(model="resnet50", batch_size=50, device="cpu", eval_batch_size=50, log_every=1, amp=False,
+                  optimizer="sgd", lr=0.05, lr_schedule="triangle", eval_every=0, time_budget=100.0)
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_budget_run_fixes_its_length_and_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_mod, "Stopwatch", FixedStopwatch)
+    notes: list[str] = []
+    result = train(TrainConfig(**BUDGET_CFG), tiny_dataset(), tmp_path / "run", notify=notes.append)
+    plan = result.budget
+    assert plan is not None and notes and notes[0].startswith("1m40s allows")
+    # The measuring stopped after one timed step (10 s >= 5% of 100 s), so 2 steps were taken; the rest is arithmetic.
+    assert plan["measured_steps"] == 2 and plan["step_s"] == 10.0 and plan["final_eval_s"] == 10.0
+    expected = 2 + int((100 - plan["spent_s"] - plan["reserve_s"] - plan["final_eval_s"]) // 10.0)
+    assert plan["steps"] == expected == result.global_step
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["schedule_steps"] == config["max_steps"] == expected and config["budget_plan"]["steps"] == expected
+    assert config["epochs"] == -(-expected // 4) and config["time_budget"] == 100.0
+    # The lr: held at the schedule's first value while measuring, then the schedule of `expected` steps.
+    cfg = TrainConfig(**{**BUDGET_CFG, "time_budget": None, "schedule_steps": expected})
+    opt = build_optimizer(cfg, create_model("resnet50"))
+    sched = build_scheduler(cfg, opt, 4)
+    reference = []
+    for _ in range(expected):
+        reference.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # Each step record holds the lr of the next step: after step 1 the held first value; from step 2,
+    # when the length was fixed, the new schedule's, advanced to the step reached.
+    logged = {r["global_step"]: r["lr"] for r in _records(tmp_path / "run") if r["type"] == "step"}
+    assert logged[1] == pytest.approx(reference[0])
+    for step in range(2, expected):
+        assert logged[step] == pytest.approx(reference[step]), step
+    assert [r["type"] for r in _records(tmp_path / "run")].count("budget") == 1
+
+
+def test_a_resumed_budget_run_keeps_its_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_mod, "Stopwatch", FixedStopwatch)
+    data, stop = tiny_dataset(), threading.Event()
+    with pytest.raises(TrainingInterrupted):
+        train(TrainConfig(**BUDGET_CFG), data, tmp_path / "run", progress=StopAfterAdvances(stop, 4), stop=stop)
+    chosen = json.loads((tmp_path / "run" / "config.json").read_text())["schedule_steps"]
+    assert chosen > 4
+    result = resume(tmp_path / "run", data)
+    assert result.global_step == chosen and result.budget and result.budget["steps"] == chosen
+    assert [r["type"] for r in _records(tmp_path / "run")].count("budget") == 1  # planned once, not again
+
+
+def test_stopping_while_measuring_fixes_the_length_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_mod, "Stopwatch", FixedStopwatch)
+    data, stop = tiny_dataset(), threading.Event()
+    stop.set()  # asked to stop at the first step, before the measurement is complete
+    with pytest.raises(TrainingInterrupted):
+        train(TrainConfig(**BUDGET_CFG), data, tmp_path / "run", stop=stop)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["schedule_steps"] == config["max_steps"] and config["budget_plan"]["measured_steps"] == 1
+    assert resume(tmp_path / "run", data).global_step == config["schedule_steps"]
+
+
+def test_time_budget_is_refused_with_max_steps() -> None:
+    with pytest.raises(UsageError, match="drop --max-steps"):
+        TrainConfig(**{**BUDGET_CFG, "max_steps": 10})
+
+
+def test_cli_time_budget_refuses_epochs_and_reports_the_plan(cached, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cifarctl.cli import app
+
+    result = CliRunner().invoke(app, ["train", "resnet50", "--time-budget", "5m", "--epochs", "2", "--offline"])
+    assert result.exit_code == 2 and "drop --epochs" in result.output
+    result = CliRunner().invoke(app, ["train", "resnet50", "--time-budget", "five", "--offline"])
+    assert result.exit_code == 2 and "not a duration" in result.output
+    monkeypatch.setattr(train_mod, "Stopwatch", FixedStopwatch)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "resnet50", "--time-budget", "100s", "--device", "cpu", "--offline",
+                                      "--batch-size", "50", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "1m40s allows" in result.output and "time budget 1m40s:" in result.output
+    assert json.loads((out / "config.json").read_text())["budget_plan"]["steps"] >= 2
+
