@@ -199,6 +199,19 @@ def test_resume_takes_the_same_lock(tmp_path: Path) -> None:
     assert resume(run, data, {"max_steps": 2}).global_step == 2
 
 
+def test_a_file_system_without_locks_trains_unlocked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import cifarctl.locks as locks
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(locks.fcntl, "flock", no_locks)
+    entered = []
+    with exclusive(tmp_path / "run", lambda who: pytest.fail("refused")):
+        entered.append(True)
+    assert entered == [True]
+
+
 def test_only_rank_zero_takes_the_lock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from cifarctl.engine.train import run_lock
 

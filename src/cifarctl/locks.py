@@ -9,6 +9,7 @@ so a refusal can name it. On systems without ``fcntl`` (Windows) the locks are n
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -35,12 +36,18 @@ def holder(lock_file: Path) -> str:
 
 
 def _try_lock(fd: int, wait: bool) -> bool:
+    """True when this process holds the lock, or the file system cannot lock (then it goes on unlocked,
+    as on Windows: some network file systems answer ENOLCK or EOPNOTSUPP)."""
     assert fcntl is not None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         return True
     except BlockingIOError:
         return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return True
+        raise
 
 
 @contextlib.contextmanager
