@@ -139,7 +139,7 @@ def ramp_reach(cfg: TrainConfig, ramp: int, start: float) -> float:
     one does at its steepest step, so it ends below the peak, and the whole schedule is scaled by that
     fraction (a short run's peak is lower, its shape unchanged).
     """
-    steepness, offset = _ramp_shape(cfg.lr_schedule)
+    _, offset = _ramp_shape(cfg.lr_schedule)
     if not cfg.min_ramp_steps or ramp >= cfg.min_ramp_steps:
         return 1.0
     return start + (1 - start) * max(ramp - offset, 0) / max(cfg.min_ramp_steps - offset, 1)

@@ -30,7 +30,7 @@ from cifarctl.data.cifar10 import CIFAR10
 from cifarctl.data.loader import DeviceLoader, epoch_seed, normalize
 from cifarctl.engine.budget import CALIBRATION_MAX_STEPS, CALIBRATION_MIN_S, CALIBRATION_SHARE, CALIBRATION_STEPS, \
     BudgetPlan, Stopwatch, plan_steps
-from cifarctl.engine.checkpoint import find_latest, load_checkpoint, load_weights, save_checkpoint, upgrade_state_dict
+from cifarctl.engine.checkpoint import find_latest, load_checkpoint, load_weights, save_checkpoint
 from cifarctl.engine import distributed as ddp
 from cifarctl.engine.config import TrainConfig
 from cifarctl.engine.device import autocast_dtype, default_channels_last, needs_grad_scaler, resolve_device
@@ -413,7 +413,7 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
-            self.model.load_state_dict(upgrade_state_dict(self.model, state["model"]))
+            self.model.load_state_dict(state["model"])  # a model fills in what older checkpoints lack
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state.get("scaler"):
