@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarctl.engine import TrainConfig, evaluate, load_checkpoint, train
+from cifarctl.engine.config import recipe_summary
 from cifarctl.engine.ema import Lookahead
 from cifarctl.engine.evaluate import tta_logits
 from cifarctl.engine.schedule import build_optimizer, build_scheduler, parameter_groups
@@ -69,6 +71,19 @@ def test_cli_writes_the_resolved_recipe_to_config_json(cached, tmp_path: Path) -
     assert config["batch_size"] == 50 and config["tta"] == 1          # the flags
     assert config["lr"] == 11.5 and config["flip"] == "alternate"     # the recipe
     assert config["schedule_steps"] == 10 * 4 and config["best_selected_on"] == "test"
+
+
+def test_head_lr_flag_overrides_the_recipes(cached, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cifarctl.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "vgg16_bn", "--device", "cpu", "--offline", "--max-steps", "1",
+                                      "--no-eval", "--batch-size", "8", "--head-lr", "0.01", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["head_lr"], config["lr"]) == (0.01, 0.4)
 
 
 def test_whiten_is_refused_where_it_does_not_apply(cached) -> None:
@@ -211,6 +226,31 @@ def test_norm_weight_decay_flag_sets_the_norm_group() -> None:
     assert groups["norm_bias"]["weight_decay"] == 1e-5 and groups["weights"]["weight_decay"] == 5e-4
     names = {name: len(params) for name, params in parameter_groups(create_model("resnet18"))}
     assert names == {"weights": 21, "norm_bias": 20, "other_bias": 21}  # 20 convs + fc; 20 BN; 20 BN weights + fc bias
+
+
+def test_head_lr_gives_the_linear_weights_their_own_group_and_schedule() -> None:
+    """The onecycle recipe's classifier trains at head_lr (conv filters sit behind BatchNorm, the
+    head does not); the schedule scales it with the rest, the short-run bound included."""
+    cfg = TrainConfig.for_model("vgg16_bn", epochs=1)
+    assert cfg.head_lr == 0.02 and cfg.lr == 0.4
+    model = create_model("vgg16_bn")
+    opt = build_optimizer(cfg, model)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert len(groups["head"]["params"]) == 1 and groups["head"]["params"][0] is model.classifier.weight
+    assert groups["head"]["weight_decay"] == 5e-4
+    assert any(p is model.classifier.bias for p in groups["other_bias"]["params"])
+    assert len(groups["weights"]["params"]) == 13  # the convs
+    sched = build_scheduler(cfg, opt, 98)
+    ratios = set()
+    for _ in range(98):
+        ratios.add(round(groups["head"]["lr"] / groups["weights"]["lr"], 12))
+        opt.step()
+        sched.step()
+    assert ratios == {0.05}
+    assert "head lr 0.02" in recipe_summary(default_recipe("resnet18"))
+    # Without head_lr the groups are as before (checkpoints of older runs resume into the same layout).
+    plain = build_optimizer(dataclasses.replace(cfg, head_lr=None), model)
+    assert [g["name"] for g in plain.param_groups] == ["weights", "norm_bias", "other_bias"]
 
 
 def test_warmup_ramps_then_cosine_starts_at_the_peak() -> None:
@@ -412,6 +452,39 @@ def test_every_length_keeps_the_recipes_ramp(model: str, recipe: str) -> None:
                                                          f"its peak in one step, the recipe allows {allowed:.4f}"
 
 
+@pytest.mark.parametrize("model", ["resnet18", "vgg16_bn"])
+def test_the_heads_step_does_not_swing_the_logits(model: str) -> None:
+    """The classifier is the one layer of these nets not behind BatchNorm: how far a step moves the
+    logits grows with its input's squared norm (several hundred: pooled ReLU features). At the peak of a
+    one-epoch run, one step of the head with momentum's gain 1 / (1 - momentum) must move the logits
+    of a batch by under 2 nats on average. At the convs' lr it moved them by 13-23 and the training loss
+    climbed to 4-5 on the real images (docs/accuracy.md); checked to fail with ``head_lr=None``."""
+    from conftest import make_images
+    from cifarctl.data.loader import normalize
+
+    cfg = TrainConfig.for_model(model, epochs=1)
+    torch.manual_seed(0)
+    net = create_model(model)
+    head = net.classifier if model == "vgg16_bn" else net.fc
+    opt = build_optimizer(cfg, net)
+    steps = -(-CIFAR_TRAIN_IMAGES // cfg.batch_size)
+    sched = build_scheduler(cfg, opt, steps)
+    group = next(g for g in opt.param_groups if any(p is head.weight for p in g["params"]))
+    peak = 0.0
+    for _ in range(steps):
+        peak = max(peak, group["lr"])
+        opt.step()
+        sched.step()
+    images, labels = make_images(128, seed=5)
+    features: list[torch.Tensor] = []
+    head.register_forward_hook(lambda _m, inputs, _out: features.append(inputs[0].detach()))
+    loss = F.cross_entropy(net(normalize(torch.from_numpy(images).permute(0, 3, 1, 2))),
+                           torch.from_numpy(labels), label_smoothing=cfg.label_smoothing)
+    grad, = torch.autograd.grad(loss, head.weight)
+    swing = (features[0] @ grad.T).abs().mean().item() * peak / (1 - cfg.momentum)
+    assert swing < 2.0, f"one step of {model}'s head moves its logits by {swing:.1f} nats at lr {peak:.4f}"
+
+
 @pytest.mark.parametrize("model, recipe", _recipes())
 def test_one_epoch_of_every_recipe_trains(model: str, recipe: str, tmp_path: Path) -> None:
     """The schedule of a real one-epoch run (CIFAR's 50,000 images at the recipe's batch), its first 30
@@ -431,8 +504,11 @@ def test_one_epoch_of_every_recipe_trains(model: str, recipe: str, tmp_path: Pat
                    source="synthetic")
     full = TrainConfig.for_model(model, recipe)
     assert full.lr is not None
-    lr = full.lr * 16 / full.batch_size if full.optimizer == "sgd" and full.lr_units == "torch" else None
+    scaled = full.optimizer == "sgd" and full.lr_units == "torch"
+    lr = full.lr * 16 / full.batch_size if scaled else None
+    head_lr = full.head_lr * 16 / full.batch_size if scaled and full.head_lr is not None else None
     cfg = TrainConfig.for_model(model, recipe, epochs=1, batch_size=16, max_steps=30, eval=False, amp=False, lr=lr,
+                                head_lr=head_lr,
                                 device="cpu", log_every=1, schedule_steps=-(-CIFAR_TRAIN_IMAGES // full.batch_size))
     train(cfg, data, tmp_path / "run")
     losses = [r["loss"] for r in (json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()

@@ -52,6 +52,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help=f"Epochs to train (total, for a resumed run). {RECIPE}")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=f"Images per step (global under torchrun). {RECIPE}")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate, in --lr-units. {RECIPE}")] = None,
+    head_lr: Annotated[Optional[float], typer.Option("--head-lr", help=f"Peak learning rate of the linear classifier's weights, in --lr-units (default: --lr). {RECIPE}")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps in total.")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="One of MODEL's recipes (`cifarctl models`); flags change single settings of it. Default: its first.")] = None,
     time_budget: Annotated[Optional[str], typer.Option("--time-budget", help="Fit the run to this long, start-up to result (90s, 5m, 1h): measures a step here, then sets the schedule's length.")] = None,
@@ -130,7 +131,7 @@ def train(
     else:
         budget_s = None
     settings = dict(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
+        epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, norm_weight_decay=norm_weight_decay, lr_units=lr_units, lr_schedule=lr_schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, translate=translate, flip=flip, ema=ema,
         whiten=whiten, tta=tta, val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp,

@@ -39,6 +39,7 @@ class TrainConfig:
     # --optimizer muon: Muon (orthogonalised momentum) on conv filters with --lr, Nesterov SGD with
     # --momentum on everything else: the head at head_lr, biases at bias_lr (in lr_units; None: --lr).
     muon_momentum: float = 0.95
+    # The peak lr of the linear layers' weights (the classifier), in lr_units; None: --lr. SGD and muon.
     head_lr: float | None = None
     bias_lr: float | None = None
     weight_decay: float = 0.0        # L2 penalty on weights as the optimizer defines it (Adam: coupled)
@@ -160,6 +161,8 @@ def recipe_summary(values: dict[str, Any]) -> str:
                  f"bias lr {cfg.bias_lr or cfg.lr:g}{units}")
     else:
         first = f"{'nesterov ' if cfg.nesterov and cfg.optimizer == 'sgd' else ''}{cfg.optimizer} lr {cfg.lr:g}{units}"
+        if cfg.head_lr is not None:
+            first += f", head lr {cfg.head_lr:g}{units}"
     parts = [first, f"batch {cfg.batch_size}", f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"]
     if cfg.lr_schedule != "none":
         parts.append(cfg.lr_schedule)

@@ -75,6 +75,18 @@ def muon_groups(model: nn.Module) -> Iterator[tuple[str, list[nn.Parameter]]]:
             yield name, params
 
 
+def head_groups(model: nn.Module) -> Iterator[tuple[str, list[nn.Parameter]]]:
+    """``parameter_groups`` with the linear layers' weights apart as ``head``, for a recipe that gives
+    the classifier its own lr (``head_lr``): conv filters stay ``weights``."""
+    for name, params in parameter_groups(model):
+        if name == "weights":
+            filters = [p for p in params if p.ndim != 2]
+            linear = [p for p in params if p.ndim == 2]
+            yield from ((key, ps) for key, ps in (("weights", filters), ("head", linear)) if ps)
+        else:
+            yield name, params
+
+
 def torch_hyperparameters(cfg: TrainConfig, group: str) -> tuple[float, float]:
     """``(lr, weight_decay)`` of one parameter group, as torch.optim takes them for a batch-mean loss."""
     assert cfg.lr is not None
@@ -83,6 +95,8 @@ def torch_hyperparameters(cfg: TrainConfig, group: str) -> tuple[float, float]:
             return cfg.lr, 0.0  # Muon's own units: its steps are orthogonalised, whatever the loss's scale
         base = cfg.head_lr if group == "head" else cfg.bias_lr
         lr, scale = base or cfg.lr, 1.0
+    elif group == "head":
+        lr, scale = cfg.head_lr or cfg.lr, 1.0
     else:
         lr, scale = cfg.lr, cfg.norm_bias_lr_scale if group == "norm_bias" else 1.0
     decay = cfg.weight_decay if group in ("weights", "head") else cfg.norm_weight_decay
@@ -106,7 +120,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     """Adam, SGD or Muon over ``model``'s parameter groups (see ``parameter_groups``, ``muon_groups``)."""
     groups: list[dict[str, Any]] = []
     muon = cfg.optimizer == "muon"
-    for name, params in (muon_groups if muon else parameter_groups)(model):
+    grouping = muon_groups if muon else head_groups if cfg.head_lr is not None else parameter_groups
+    for name, params in grouping(model):
         lr, decay = torch_hyperparameters(cfg, name)
         groups.append({"params": params, "lr": lr, "weight_decay": decay, "name": name})
         if muon:  # Muon's momentum for the filters, SGD's for the rest
