@@ -233,12 +233,12 @@ def _result_dict(result: TrainResult) -> dict[str, Any]:
 
 def _render(result: TrainResult) -> None:
     console = out_console()
+    full = f"{result.epochs_completed} full epoch{'' if result.epochs_completed == 1 else 's'}"
     if result.finished_before:
-        console.print(f"[bold]{result.model}[/]: finished run, {result.global_step:,} steps "
-                      f"({result.epochs_completed} full epochs)")
+        console.print(f"[bold]{result.model}[/]: finished run, {result.global_step:,} steps ({full})")
     else:
-        console.print(f"[bold]{result.model}[/] on {result.device}: {result.global_step:,} steps "
-                      f"({result.epochs_completed} full epochs) in {result.seconds:,.1f}s, "
+        console.print(f"[bold]{result.model}[/] on {result.device}: {result.global_step:,} steps ({full}) "
+                      f"in {result.seconds:,.1f}s, "
                       f"{result.images_per_s:,.0f} img/s")
     console.print(f"train loss {result.train_loss:.4f} · train accuracy {result.train_accuracy:.2f}%")
     if result.val_accuracy is not None:
