@@ -39,7 +39,7 @@ class TrainConfig:
     # --optimizer muon: Muon (orthogonalised momentum) on conv filters with --lr, Nesterov SGD with
     # --momentum on everything else: the head at head_lr, biases at bias_lr (in lr_units; None: --lr).
     muon_momentum: float = 0.95
-    # The peak lr of the linear layers' weights (the classifier), in lr_units; None: --lr. SGD and muon.
+    # The peak lr of the linear layers' weights (the classifier), in lr_units; None: --lr. Any optimizer.
     head_lr: float | None = None
     bias_lr: float | None = None
     weight_decay: float = 0.0        # L2 penalty on weights as the optimizer defines it (Adam: coupled)
