@@ -58,31 +58,27 @@ def test_a_flag_overrides_one_field_of_the_recipe() -> None:
     assert default_recipe("airbench94")["epochs"] == 10  # the registry's copy is untouched
 
 
-def test_cli_writes_the_resolved_recipe_to_config_json(cached, tmp_path: Path) -> None:
+def _one_cli_step(out: Path, *args: str) -> dict:
+    """``cifarctl train ARGS`` for one step on the CPU without evaluation, into ``out``: its config.json."""
     from typer.testing import CliRunner
 
     from cifarctl.cli import app
 
-    out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "airbench94", "--device", "cpu", "--offline", "--max-steps", "1",
-                                      "--no-eval", "--batch-size", "50", "--tta", "1", "--out", str(out)])
+    result = CliRunner().invoke(app, ["train", *args, "--device", "cpu", "--offline", "--max-steps", "1",
+                                      "--no-eval", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    config = json.loads((out / "config.json").read_text())
+    return json.loads((out / "config.json").read_text())
+
+
+def test_cli_writes_the_resolved_recipe_to_config_json(cached, tmp_path: Path) -> None:
+    config = _one_cli_step(tmp_path / "run", "airbench94", "--batch-size", "50", "--tta", "1")
     assert config["batch_size"] == 50 and config["tta"] == 1          # the flags
     assert config["lr"] == 11.5 and config["flip"] == "alternate"     # the recipe
     assert config["schedule_steps"] == 10 * 4 and config["best_selected_on"] == "test"
 
 
 def test_head_lr_flag_overrides_the_recipes(cached, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from cifarctl.cli import app
-
-    out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "vgg16_bn", "--device", "cpu", "--offline", "--max-steps", "1",
-                                      "--no-eval", "--batch-size", "8", "--head-lr", "0.01", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    config = json.loads((out / "config.json").read_text())
+    config = _one_cli_step(tmp_path / "run", "vgg16_bn", "--batch-size", "8", "--head-lr", "0.01")
     assert (config["head_lr"], config["lr"]) == (0.01, 0.4)
 
 
@@ -366,10 +362,7 @@ def test_cli_recipe_flag_and_models_listing(cached, tmp_path: Path) -> None:
     from cifarctl.cli import app
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "airbench94", "--recipe", "muon", "--device", "cpu", "--offline",
-                                      "--max-steps", "1", "--no-eval", "--batch-size", "50", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    config = json.loads((out / "config.json").read_text())
+    config = _one_cli_step(out, "airbench94", "--recipe", "muon", "--batch-size", "50")
     assert (config["recipe"], config["optimizer"], config["batch_size"]) == ("muon", "muon", 50)
     result = CliRunner().invoke(app, ["train", "airbench94", "--recipe", "lamb", "--offline"])
     assert result.exit_code == 2 and "no recipe 'lamb'" in result.output
