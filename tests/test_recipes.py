@@ -78,8 +78,29 @@ def test_cli_writes_the_resolved_recipe_to_config_json(cached, tmp_path: Path) -
 
 
 def test_head_lr_flag_overrides_the_recipes(cached, tmp_path: Path) -> None:
-    config = _one_cli_step(tmp_path / "run", "vgg16_bn", "--batch-size", "8", "--head-lr", "0.01")
-    assert (config["head_lr"], config["lr"]) == (0.01, 0.4)
+    config = _one_cli_step(tmp_path / "run", "vgg16_bn", "--batch-size", "8", "--head-lr", "0.005")
+    assert (config["head_lr"], config["lr"]) == (0.005, 0.2)
+
+
+def test_eval_every_scores_each_epoch_without_changing_the_training(cached, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cifarctl.cli import app
+
+    def run(out: Path, *flags: str) -> list[dict]:
+        result = CliRunner().invoke(app, ["train", "airbench94", "--device", "cpu", "--offline", "--epochs", "2",
+                                          "--batch-size", "50", "--tta", "0", "--out", str(out), *flags])
+        assert result.exit_code == 0, result.output
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r.get("type") == "epoch"]
+
+    curve = run(tmp_path / "every", "--eval-every", "1")
+    assert [("test_acc" in r) for r in curve] == [True, True]   # airbench94's recipe scores only the end
+    assert [("test_acc" in r) for r in run(tmp_path / "end")] == [False, True]
+    every = load_checkpoint(tmp_path / "every" / "last.pt")["model"]
+    end = load_checkpoint(tmp_path / "end" / "last.pt")["model"]
+    assert all(torch.equal(every[k], end[k]) for k in end)      # scoring each epoch trains nothing differently
+    assert json.loads((tmp_path / "every" / "config.json").read_text())["eval_every"] == 1
 
 
 def test_whiten_is_refused_where_it_does_not_apply(cached) -> None:
@@ -210,9 +231,9 @@ def test_onecycle_cycles_momentum_and_skips_decay_on_norms_and_biases() -> None:
         seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
         opt.step()
         sched.step()
-    assert seen[0] == (pytest.approx(0.4 / 25), pytest.approx(0.9))
+    assert seen[0] == (pytest.approx(0.2 / 25), pytest.approx(0.9))
     peak = max(range(40), key=lambda i: seen[i][0])
-    assert peak == 9 and seen[peak][0] == pytest.approx(0.4) and seen[peak][1] == pytest.approx(0.9 * 0.85 / 0.95)
+    assert peak == 9 and seen[peak][0] == pytest.approx(0.2) and seen[peak][1] == pytest.approx(0.9 * 0.85 / 0.95)
     assert seen[-1][0] < 1e-3 and seen[-1][1] > 0.89
 
 
@@ -228,7 +249,7 @@ def test_head_lr_gives_the_linear_weights_their_own_group_and_schedule() -> None
     """The onecycle recipe's classifier trains at head_lr (conv filters sit behind BatchNorm, the
     head does not); the schedule scales it with the rest, the short-run bound included."""
     cfg = TrainConfig.for_model("vgg16_bn", epochs=1)
-    assert cfg.head_lr == 0.02 and cfg.lr == 0.4
+    assert cfg.head_lr == 0.01 and cfg.lr == 0.2
     model = create_model("vgg16_bn")
     opt = build_optimizer(cfg, model)
     groups = {g["name"]: g for g in opt.param_groups}
@@ -243,7 +264,7 @@ def test_head_lr_gives_the_linear_weights_their_own_group_and_schedule() -> None
         opt.step()
         sched.step()
     assert ratios == {0.05}
-    assert "head lr 0.02" in recipe_summary(default_recipe("resnet18"))
+    assert "head lr 0.01" in recipe_summary(default_recipe("resnet18"))
     # Without head_lr the groups are as before (checkpoints of older runs resume into the same layout).
     plain = build_optimizer(dataclasses.replace(cfg, head_lr=None), model)
     assert [g["name"] for g in plain.param_groups] == ["weights", "norm_bias", "other_bias"]
