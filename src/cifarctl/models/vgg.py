@@ -77,7 +77,7 @@ def vgg16(num_classes: int = 10) -> nn.Module:
 
 @register_model(recipes=[Recipe("onecycle", SGD_ONECYCLE_RECIPE,
                                 reference="92.64% after 200 epochs (kuangliu/pytorch-cifar VGG16); measured "
-                                          "here: 60.17% after --epochs 1, 79.12% after --epochs 3 on a CPU, JPEG "
+                                          "here: 59.19% after --epochs 1, 79.12% after --epochs 3 on a CPU, JPEG "
                                           "copy (docs/accuracy.md); its 40 epochs unmeasured")])
 def vgg16_bn(num_classes: int = 10) -> nn.Module:
     """CIFAR VGG-16 with BatchNorm after every conv and a linear head, 14,728,266 parameters."""
