@@ -525,7 +525,12 @@ def test_one_epoch_of_every_recipe_trains(model: str, recipe: str, tmp_path: Pat
                                 head_lr=head_lr,
                                 device="cpu", log_every=1, schedule_steps=-(-CIFAR_TRAIN_IMAGES // full.batch_size))
     train(cfg, data, tmp_path / "run")
-    losses = [r["loss"] for r in (json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
-                                  .splitlines()) if r["type"] == "step"]
-    assert len(losses) == 30 and all(math.isfinite(v) for v in losses)
-    assert losses[-1] < losses[9] and losses[-1] < math.log(10), losses
+    running = [r["loss"] for r in (json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+                                   .splitlines()) if r["type"] == "step"]
+    assert len(running) == 30 and all(math.isfinite(v) for v in running)
+    # Step records hold the epoch's running mean; each step's own loss is what must fall. (The running mean
+    # carries the first steps along: the course's resnet50 starts at 3.4 from its xavier init, and on an
+    # AVX-512 CPU its mean after 30 steps was 2.35 while its last 10 steps averaged 1.96.)
+    losses = [running[0]] + [(k + 1) * running[k] - k * running[k - 1] for k in range(1, len(running))]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first and last < math.log(10), [round(v, 2) for v in losses]
