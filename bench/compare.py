@@ -34,8 +34,8 @@ def _data(kind: str):
 
 def worker(args: argparse.Namespace) -> dict:
     from cifarctl.data import DeviceLoader
-    from cifarctl.engine.evaluate import evaluate_model
-    from cifarctl.engine.device import resolve_device
+    from cifarctl.device import resolve_device
+    from cifarctl.evaluation import evaluate_model
     from cifarctl.models import create_model
 
     torch.manual_seed(0)
@@ -73,8 +73,8 @@ def engine_train(args: argparse.Namespace, data, device: torch.device) -> dict:
     import tempfile
 
     from cifarctl.engine import TrainConfig
-    from cifarctl.engine.train import Trainer
     from cifarctl.progress import NullProgress
+    from cifarctl.training import Trainer
 
     stamps: list[float] = []
     steps = [0]

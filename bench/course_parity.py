@@ -4,7 +4,7 @@
 
 IMAGE_ROOT holds test/<class>/*.jpg|png (e.g. the extracted cifar10-images). The course's loop:
 ImageFolder + ToTensor + Normalize(course constants), batch 100, eval mode. cifarctl: the same file
-through `cifarctl.engine.evaluate` on the dataset imported into the cache from IMAGE_ROOT.
+through `cifarctl.evaluation` on the dataset imported into the cache from IMAGE_ROOT.
 """
 
 from __future__ import annotations

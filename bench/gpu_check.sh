@@ -42,7 +42,7 @@ python3 - <<'PY'
 import tempfile, torch
 from cifarctl.data import fake_cifar10
 from cifarctl.engine import TrainConfig
-from cifarctl.engine.train import Trainer
+from cifarctl.training import Trainer
 trainer = Trainer(TrainConfig.for_model("airbench94", device="cuda", epochs=1), fake_cifar10(4096, 512),
                   __import__("pathlib").Path(tempfile.mkdtemp()))
 batches = trainer.train_loader.epoch(0)

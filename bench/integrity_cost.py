@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from cifarctl.data.cifar10 import load_cifar10
-from cifarctl.engine.checkpoint import save_checkpoint, verify_container
 from cifarctl.models import create_model
+from cifarctl.run.checkpoint import save_checkpoint, verify_container
 
 
 def median_s(fn, repeat: int) -> float:

@@ -11,15 +11,14 @@ import pytest
 import importlib
 
 from cifarctl.engine import TrainConfig, TrainingInterrupted, resume, train
-from cifarctl.engine.budget import evaluations_before_end, format_duration, parse_duration, plan_steps
-from cifarctl.engine.schedule import build_optimizer, build_scheduler
-from cifarctl.engine.train import choose_tta
+from cifarctl.training.budget import choose_tta, evaluations_before_end, format_duration, parse_duration, plan_steps
+from cifarctl.training.schedule import build_optimizer, build_scheduler
 from cifarctl.errors import UsageError
 from cifarctl.models import create_model
 
 from conftest import StopAfterAdvances, tiny_dataset
 
-train_mod = importlib.import_module("cifarctl.engine.train")  # the module, not the function of that name
+budget_mod = importlib.import_module("cifarctl.training.budget")
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h", 3600), ("1h30m", 5400),
@@ -96,7 +95,7 @@ def _records(run: Path) -> list[dict]:
 
 
 def test_a_budget_run_fixes_its_length_and_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_mod, "Stopwatch", FixedStopwatch)
+    monkeypatch.setattr(budget_mod, "Stopwatch", FixedStopwatch)
     notes: list[str] = []
     result = train(TrainConfig(**BUDGET_CFG), tiny_dataset(), tmp_path / "run", notify=notes.append)
     plan = result.budget
@@ -127,7 +126,7 @@ def test_a_budget_run_fixes_its_length_and_schedule(tmp_path: Path, monkeypatch:
 
 
 def test_a_resumed_budget_run_keeps_its_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_mod, "Stopwatch", FixedStopwatch)
+    monkeypatch.setattr(budget_mod, "Stopwatch", FixedStopwatch)
     data, stop = tiny_dataset(), threading.Event()
     with pytest.raises(TrainingInterrupted):
         train(TrainConfig(**BUDGET_CFG), data, tmp_path / "run", progress=StopAfterAdvances(stop, 4), stop=stop)
@@ -139,7 +138,7 @@ def test_a_resumed_budget_run_keeps_its_length(tmp_path: Path, monkeypatch: pyte
 
 
 def test_stopping_while_measuring_fixes_the_length_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_mod, "Stopwatch", FixedStopwatch)
+    monkeypatch.setattr(budget_mod, "Stopwatch", FixedStopwatch)
     data, stop = tiny_dataset(), threading.Event()
     stop.set()  # asked to stop at the first step, before the measurement is complete
     with pytest.raises(TrainingInterrupted):
@@ -164,7 +163,7 @@ def test_cli_time_budget_refuses_epochs_and_reports_the_plan(cached, tmp_path: P
     assert result.exit_code == 2 and "drop --epochs" in result.output
     result = CliRunner().invoke(app, ["train", "resnet50", "--time-budget", "five", "--offline"])
     assert result.exit_code == 2 and "not a duration" in result.output
-    monkeypatch.setattr(train_mod, "Stopwatch", FixedStopwatch)
+    monkeypatch.setattr(budget_mod, "Stopwatch", FixedStopwatch)
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "resnet50", "--time-budget", "100s", "--device", "cpu", "--offline",
                                       "--batch-size", "50", "--out", str(out), "--json"])
@@ -172,3 +171,28 @@ def test_cli_time_budget_refuses_epochs_and_reports_the_plan(cached, tmp_path: P
     assert "1m40s allows" in result.output and "time budget 1m40s:" in result.output
     assert json.loads((out / "config.json").read_text())["budget_plan"]["steps"] >= 2
 
+
+
+class Labels(StopAfterAdvances):
+    """Records the progress bar's descriptions (never stops the run)."""
+
+    def __init__(self) -> None:
+        super().__init__(threading.Event(), 10**9)
+        self.labels: list[str] = []
+
+    def start(self, description: str, total: float | None, unit: str = "") -> None:
+        self.labels.append(description)
+
+    def relabel(self, description: str) -> None:
+        self.labels.append(f"relabel: {description}")
+
+
+def test_the_progress_bar_shows_the_planned_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget_mod, "Stopwatch", FixedStopwatch)
+    progress = Labels()
+    result = train(TrainConfig(**BUDGET_CFG), tiny_dataset(), tmp_path / "run", progress=progress)
+    planned = -(-result.budget["steps"] // 4)
+    assert planned != TrainConfig(**BUDGET_CFG).epochs  # the recipe's length is not the plan's
+    epochs = [label for label in progress.labels if "epoch" in label]
+    assert epochs[:2] == ["epoch 1 (measuring this machine)", f"relabel: epoch 1/{planned}"]
+    assert epochs[2] == f"epoch 2/{planned}" and epochs[-1] == f"epoch {planned}/{planned}"

@@ -12,8 +12,8 @@ from unittest import mock
 import pytest
 import torch
 
-from cifarctl.engine import device as dev
-from cifarctl.engine.checkpoint import load_checkpoint, on_cpu, save_checkpoint
+from cifarctl import device as dev
+from cifarctl.run.checkpoint import load_checkpoint, on_cpu, save_checkpoint
 from cifarctl.errors import DeviceError
 
 
@@ -91,7 +91,7 @@ def test_channels_last_default_follows_the_measurements(monkeypatch: pytest.Monk
 
 
 def test_torchrun_refuses_mps(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cifarctl.engine import distributed as ddp
+    from cifarctl import distributed as ddp
 
     monkeypatch.setattr(ddp, "launched_by_torchrun", lambda: True)
     with pytest.raises(DeviceError, match="no distributed backend for MPS"):
@@ -100,12 +100,12 @@ def test_torchrun_refuses_mps(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_compile_is_refused_on_mps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from cifarctl.engine import TrainConfig
-    from cifarctl.engine.train import Trainer
+    from cifarctl.training.trainer import Trainer
     from cifarctl.errors import UsageError
 
     from conftest import tiny_dataset
 
-    train_module = __import__("importlib").import_module("cifarctl.engine.train")
+    train_module = __import__("importlib").import_module("cifarctl.training.trainer")
     monkeypatch.setattr(train_module, "resolve_device", lambda spec: torch.device("mps"))
     with pytest.raises(UsageError, match="--compile"):
         Trainer(TrainConfig(model="resnet50", device="mps", compile=True), tiny_dataset(), tmp_path / "run")
@@ -113,12 +113,12 @@ def test_compile_is_refused_on_mps(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 def test_an_mps_checkpoint_is_written_from_the_cpu_side_and_loads_on_cpu(monkeypatch: pytest.MonkeyPatch,
                                                                           tmp_path: Path) -> None:
-    train_module = __import__("importlib").import_module("cifarctl.engine.train")
+    train_module = __import__("importlib").import_module("cifarctl.training.state")
     mps_state = torch.arange(8, dtype=torch.uint8)
     restored: list[torch.Tensor] = []
     monkeypatch.setattr(torch.mps, "get_rng_state", lambda: mps_state.clone())
     monkeypatch.setattr(torch.mps, "set_rng_state", lambda state: restored.append(state))
-    rng = train_module._rng_state(torch.device("mps"))
+    rng = train_module.rng_state(torch.device("mps"))
     assert torch.equal(rng["mps"], mps_state)
 
     weight = mock.MagicMock(spec=torch.Tensor)                 # a tensor that lives on the Apple GPU
@@ -130,7 +130,7 @@ def test_an_mps_checkpoint_is_written_from_the_cpu_side_and_loads_on_cpu(monkeyp
     save_checkpoint(tmp_path / "last.pt", converted)
     loaded = load_checkpoint(tmp_path / "last.pt")              # on a machine without MPS
     assert loaded["model"]["w"].device.type == "cpu" and torch.equal(loaded["rng"]["mps"], mps_state)
-    train_module._set_rng_state(loaded["rng"], torch.device("mps"))
+    train_module.set_rng_state(loaded["rng"], torch.device("mps"))
     assert torch.equal(restored[0], mps_state)
 
 

@@ -44,8 +44,8 @@ def _rank_main(rank: int, world_size: int, port: int, out: str, config=_config) 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from cifarctl.engine import distributed as ddp
-    from cifarctl.engine.train import Trainer
+    from cifarctl import distributed as ddp
+    from cifarctl.training.trainer import Trainer
 
     trainer = Trainer(config(), tiny_dataset(), Path(out))
     result = trainer.run()
@@ -62,7 +62,7 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo on POSIX")
 def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
-    from cifarctl.engine.train import Trainer
+    from cifarctl.training.trainer import Trainer
 
     single = Trainer(_config(), tiny_dataset(), tmp_path / "single").run()
     mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
@@ -85,3 +85,45 @@ def test_airbench94_recipe_under_ddp_keeps_the_ranks_in_step(tmp_path: Path) -> 
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in range(2)]
     trained = [k for k in ranks[0]["weights"] if "running" not in k and "num_batches" not in k]
     assert all(torch.equal(ranks[0]["weights"][k], ranks[1]["weights"][k]) for k in trained)
+
+
+def _load_on_rank(marker: Path) -> object:
+    """The data loader a caller hands to train(): rank 0 writes a marker when done; rank 1 checks it is there."""
+    import time
+
+    import torch.distributed as dist
+
+    rank = dist.get_rank()  # train() joined the process group before loading the data
+    if rank == 0:
+        time.sleep(0.5)  # a slow download: the other rank must wait for it
+        marker.write_text("loaded")
+    else:
+        assert marker.read_text() == "loaded", "rank 1 loaded the data before rank 0 had finished"
+    return tiny_dataset()
+
+
+def _python_rank_main(rank: int, world_size: int, port: int, out: str) -> None:
+    """A user's script under torchrun: it calls train() as it would alone, with no distributed code of its own."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CIFARCTL_HOME=str(Path(out) / "home"))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from cifarctl.training import train
+
+    marker = Path(out) / "loaded"
+    result = train(_config(), lambda: _load_on_rank(marker))  # no out_dir: a new run folder, agreed by all ranks
+    (Path(out) / f"rank{rank}.txt").write_text(f"{result.run_dir}\n{result.global_step}\n{dist.is_initialized()}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo on POSIX")
+def test_train_from_python_under_torchrun_sets_up_everything_itself(tmp_path: Path) -> None:
+    mp.spawn(_python_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    reports = [(tmp_path / f"rank{r}.txt").read_text().splitlines() for r in range(2)]
+    assert reports[0][0] == reports[1][0]  # one run folder
+    run = Path(reports[0][0])
+    assert run.is_relative_to(tmp_path / "home") and (run / "last.pt").is_file()
+    assert reports[0][1] == reports[1][1] == "8"
+    assert reports[0][2] == reports[1][2] == "False"  # the process group it joined, it left
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["world_size"] == 2

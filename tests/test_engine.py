@@ -89,7 +89,7 @@ def test_existing_run_folder_is_not_overwritten(tmp_path: Path) -> None:
 def test_init_from_a_course_state_dict(tmp_path: Path) -> None:
     from cifarctl.models import create_model
 
-    from cifarctl.engine.train import Trainer
+    from cifarctl.training.trainer import Trainer
 
     torch.manual_seed(123)  # not the run's seed: the init must come from the file, not from the seed
     course = create_model("resnet50")
@@ -140,7 +140,7 @@ def test_evaluate_reports_confusion_and_per_class(tmp_path: Path) -> None:
 
 
 def test_schedules_shape() -> None:
-    from cifarctl.engine.schedule import build_optimizer, build_scheduler
+    from cifarctl.training.schedule import build_optimizer, build_scheduler
 
     def lrs(**kw) -> list[float]:
         cfg = TrainConfig(**{"model": "vgg16", "epochs": 10, "lr": 1.0, **kw})
@@ -174,7 +174,7 @@ def test_lengthening_a_finished_schedule_continues_at_its_final_lr(tmp_path: Pat
 
 
 def test_resume_refuses_settings_that_shaped_the_run(tmp_path: Path) -> None:
-    from cifarctl.engine.train import resume_config
+    from cifarctl.run.resume import resume_config
 
     data = tiny_dataset()
     train(TrainConfig(epochs=2, max_steps=1, eval=False, **FAST), data, tmp_path / "run")

@@ -103,7 +103,7 @@ def test_full_disk_injected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     from cifarctl.engine import TrainConfig, resume, train
     from cifarctl.errors import FileSystemError
 
-    checkpoint_module = __import__("importlib").import_module("cifarctl.engine.checkpoint")
+    checkpoint_module = __import__("importlib").import_module("cifarctl.run.checkpoint")
     data, run = tiny_dataset(), tmp_path / "run"
     cfg = TrainConfig.for_model("airbench94", batch_size=50, device="cpu", amp=False, max_steps=2, eval=False)
     train(cfg, data, run)
@@ -126,7 +126,7 @@ def test_full_disk_injected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 def test_torch_writer_errors_that_hide_a_full_disk_are_recognised(monkeypatch: pytest.MonkeyPatch,
                                                                   tmp_path: Path) -> None:
-    checkpoint_module = __import__("importlib").import_module("cifarctl.engine.checkpoint")
+    checkpoint_module = __import__("importlib").import_module("cifarctl.run.checkpoint")
     from cifarctl.errors import FileSystemError
 
     def hidden(obj: object, fh: object, *args: object, **kwargs: object) -> None:
@@ -213,7 +213,7 @@ def test_a_file_system_without_locks_trains_unlocked(monkeypatch: pytest.MonkeyP
 
 
 def test_only_rank_zero_takes_the_lock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from cifarctl.engine.train import run_lock
+    from cifarctl.run.folder import run_lock
 
     monkeypatch.setenv("RANK", "1")
     with run_lock(tmp_path / "run"):
@@ -354,7 +354,7 @@ def test_a_damaged_config_marks_the_run_and_resume_rewrites_it(cached, tmp_path:
     for name, damage in damages.items():
         shutil.copytree(good, tmp_path / name)
         (tmp_path / name / "config.json").write_bytes(damage((good / "config.json").read_bytes()))
-        from cifarctl.engine.runs import register_run
+        from cifarctl.run.index import register_run
 
         register_run(tmp_path / name)
     listing = json.loads(invoke("runs", "--json").stdout)
@@ -383,3 +383,28 @@ def test_a_damaged_metrics_log_marks_the_run_and_resume_drops_the_bad_lines(cach
     records = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line reads again
     assert records and max(r["global_step"] for r in records) == 3
     assert json.loads(invoke("runs", "--json").stdout)[0]["damaged"] == []
+
+
+@pytest.mark.parametrize("failing, names", [("cifarctl.run.log", "metrics.jsonl"), ("cifarctl.run.folder", "config.json")])
+def test_full_disk_at_the_start_of_a_resume_names_the_file_and_what_is_kept(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing: str, names: str) -> None:
+    """The first writes of a resume (the log trimmed to the checkpoint, config.json) fail in one line, and lose nothing."""
+    from cifarctl.engine import TrainConfig, resume, train
+    from cifarctl.errors import FileSystemError
+
+    data, run = tiny_dataset(), tmp_path / "run"
+    train(TrainConfig.for_model("resnet50", batch_size=50, device="cpu", amp=False, max_steps=2, eval=False), data, run)
+    before = (run / "last.pt").read_bytes()
+
+    def full(path: object, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(f"{failing}.write_text", full)
+    with pytest.raises(FileSystemError) as info:
+        resume(run, data, {"max_steps": 4})
+    message = str(info.value)
+    assert f"cannot write {run / names}: No space left on device (28)" in message and "\n" not in message
+    assert f"{run / 'last.pt'} (step 2) is intact" in message and f"--resume {run}" in message
+    assert info.value.errno == errno.ENOSPC and (run / "last.pt").read_bytes() == before
+    monkeypatch.undo()
+    assert resume(run, data, {"max_steps": 4}).global_step == 4

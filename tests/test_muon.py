@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cifarctl.engine.muon import NS_COEFFICIENTS, Muon, ns_dtype, orthogonalise
+from cifarctl.training.muon import NS_COEFFICIENTS, Muon, ns_dtype, orthogonalise
 
 
 def _newton_schulz_by_hand(g: torch.Tensor, steps: int = 3) -> torch.Tensor:

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from cifarctl.cli import app
 from cifarctl.data.loader import normalize
-from cifarctl.engine.checkpoint import save_checkpoint
-from cifarctl.engine.export import export_model
-from cifarctl.engine.inference import load_trained, predict, read_image
+from cifarctl.run.checkpoint import save_checkpoint
+from cifarctl.serving.export import export_model
+from cifarctl.serving.inference import load_trained, predict, read_image
 from cifarctl.models import create_model
 
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # not CIFAR's own spelling

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from cifarctl.engine import TrainConfig, evaluate, load_checkpoint, train
-from cifarctl.engine.config import recipe_summary
-from cifarctl.engine.ema import Lookahead
-from cifarctl.engine.evaluate import tta_logits
-from cifarctl.engine.schedule import build_optimizer, build_scheduler, parameter_groups
-from cifarctl.engine.train import Trainer, validation_split
+from cifarctl.run.config import recipe_summary
+from cifarctl.training.lookahead import Lookahead
+from cifarctl.evaluation import tta_logits
+from cifarctl.training.schedule import build_optimizer, build_scheduler, parameter_groups
+from cifarctl.training.build import validation_split
+from cifarctl.training.trainer import Trainer
 from cifarctl.errors import UsageError
 from cifarctl.models import create_model, default_recipe
 from cifarctl.models.airbench import image_patches
@@ -277,7 +278,7 @@ def test_warmup_ramps_then_cosine_starts_at_the_peak() -> None:
 
 
 def test_train_evaluates_in_fp32_by_default(tmp_path: Path) -> None:
-    from cifarctl.engine.device import autocast_dtype
+    from cifarctl.device import autocast_dtype
 
     model_dtypes: list[torch.dtype] = []
     cfg = TrainConfig(model="resnet50", epochs=1, max_steps=1, batch_size=50, device="cpu", amp=True)
@@ -364,7 +365,7 @@ def test_the_whitening_stem_runs_in_fp32_under_autocast() -> None:
 
 
 def test_checkpoints_carry_the_logit_scale_and_old_ones_load_with_the_papers(tmp_path: Path) -> None:
-    from cifarctl.engine.checkpoint import load_weights
+    from cifarctl.run.checkpoint import load_weights
 
     muon = create_model("airbench94", logit_scale=1 / 256)
     old = {k: v for k, v in create_model("airbench94").state_dict().items() if k != "logit_scale"}
@@ -444,7 +445,7 @@ def _first_group_lrs(cfg: TrainConfig) -> tuple[list[float], float, int]:
 def _allowed_rise_per_step(model: str, recipe: str) -> float:
     """The fastest rise the recipe allows, as a fraction of its peak per step: the steepest step of its
     shortest full ramp (``min_ramp_steps``), or else the steepest step of its own ramp at its default length."""
-    from cifarctl.engine.schedule import max_ramp_rise
+    from cifarctl.training.schedule import max_ramp_rise
 
     cfg = TrainConfig.for_model(model, recipe)
     bound = max_ramp_rise(cfg)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from cifarctl.engine.config import recipe_summary
 from cifarctl.models import list_models, model_card
+from cifarctl.run.config import recipe_summary
 from cifarctl.trace.api import inspect_model
 
 

@@ -17,6 +17,9 @@ class Progress(Protocol):
     def finish(self) -> None:
         """The current task ended."""
 
+    def relabel(self, description: str) -> None:
+        """The current task's description changed (a time budget fixed the run's length). Optional."""
+
 
 class NullProgress:
     """Reports nothing: the default for library calls."""
@@ -28,4 +31,7 @@ class NullProgress:
         pass
 
     def finish(self) -> None:
+        pass
+
+    def relabel(self, description: str) -> None:
         pass

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from cifarctl.cli.options import Ckpt, BatchSize, DataChoice, Device, Json, Offline, Verify, checkpoint_path
+from cifarctl.cli.options import BatchSize, Ckpt, DataChoice, Device, Json, Offline, Verify, checkpoint_path
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
 
 if TYPE_CHECKING:
-    from cifarctl.engine import EvalResult
+    from cifarctl.evaluation import EvalResult
 
 
 @handle_errors
@@ -41,10 +41,9 @@ def evaluate(
     """
     err = err_console()
     from cifarctl.cli.data import load_data
-    from cifarctl.engine import evaluate as run_evaluation
+    from cifarctl.device import describe_device, resolve_device
+    from cifarctl.evaluation import evaluate as run_evaluation
     from cifarctl.models import create_model
-
-    from cifarctl.engine.device import describe_device, resolve_device
 
     create_model(model)  # an unknown name fails here, before any data is loaded
     chosen = resolve_device(device)  # and a device that is not there

@@ -31,9 +31,9 @@ def export(
 
       cifarctl export vgg16 --ckpt vgg16_250.pt --format safetensors --out vgg16.safetensors
     """
-    from cifarctl.engine.export import export_model
-    from cifarctl.engine.inference import load_trained
     from cifarctl.models import model_card
+    from cifarctl.serving.export import export_model
+    from cifarctl.serving.inference import load_trained
 
     model_card(model)  # an unknown name fails here, with close matches
     path = checkpoint_path(model, ckpt)

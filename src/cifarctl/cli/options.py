@@ -26,7 +26,7 @@ Ckpt = Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint file (ci
 def checkpoint_path(model: str, ckpt: str | None) -> Path:
     """The file a ``--ckpt`` names; bare or omitted: MODEL's newest checkpoint."""
     if ckpt in (None, NEWEST):
-        from cifarctl.engine.checkpoint import find_latest
+        from cifarctl.run.checkpoint import find_latest
 
         return find_latest(model)
     return Path(ckpt).expanduser()

@@ -35,8 +35,8 @@ def predict(
 
       cifarctl predict vgg16 --ckpt vgg16_250.pt photos/ --top-k 1 --json
     """
-    from cifarctl.engine.inference import predict as run_predict
     from cifarctl.models import model_card
+    from cifarctl.serving.inference import predict as run_predict
 
     model_card(model)  # an unknown name fails here, with close matches
     path = checkpoint_path(model, ckpt)

@@ -98,6 +98,10 @@ class RichProgress:
             self._bar.stop()
             self._bar = None
 
+    def relabel(self, description: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=description)
+
 
 def format_info(info: dict[str, object]) -> str:
     parts = []

@@ -28,7 +28,7 @@ def runs(
 
       cifarctl runs resnet50 --json
     """
-    from cifarctl.engine.runs import list_runs
+    from cifarctl.run.index import list_runs
 
     found = list_runs(model)
     if json_output:

@@ -18,7 +18,7 @@ from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_co
 from cifarctl.errors import UsageError
 
 if TYPE_CHECKING:
-    from cifarctl.engine import TrainResult
+    from cifarctl.training import TrainResult
 
 
 @contextlib.contextmanager
@@ -110,27 +110,22 @@ def train(
       cifarctl train resnet50 --resume                         (continue the newest run)
     """
     # torch loads here, not at start-up, so `--help` and completion answer at once.
-    from cifarctl.cli.data import load_data
-    from cifarctl.engine import TrainConfig, TrainingInterrupted, find_latest
-    from cifarctl.engine import distributed as ddp
-    from cifarctl.engine import resume as resume_run
-    from cifarctl.engine import train as run_training
-    from cifarctl.engine.device import describe_device, resolve_device
-    from cifarctl.engine.train import latest_run_dir, load_run, new_run_dir, resume_config
-    from cifarctl.models import create_model, model_card
-
     import cifarctl.cli
+    from cifarctl import distributed as ddp
+    from cifarctl.cli.data import load_data
+    from cifarctl.device import describe_device, resolve_device
+    from cifarctl.models import model_card
+    from cifarctl.run.checkpoint import find_latest
+    from cifarctl.run.folder import latest_run_dir
+    from cifarctl.training import RunStart, TrainingInterrupted, request_run
+    from cifarctl.training import resume as resume_run
+    from cifarctl.training import train as run_training
+    from cifarctl.training.budget import format_duration, parse_duration
 
-    card = model_card(model)  # an unknown name fails here, with close matches, before anything is built
+    model_card(model)  # an unknown name fails here, with close matches, before anything is read or built
     clock = cifarctl.cli.PROCESS_STARTED or time.monotonic()  # a time budget counts from the process's start
-    if time_budget is not None:
-        from cifarctl.engine.budget import parse_duration
-
-        if epochs is not None or max_steps is not None:
-            raise UsageError("--time-budget chooses the run's length: drop --epochs and --max-steps")
-        budget_s: float | None = parse_duration(time_budget)
-    else:
-        budget_s = None
+    if time_budget is not None and (epochs is not None or max_steps is not None):
+        raise UsageError("--time-budget chooses the run's length: drop --epochs and --max-steps")
     settings = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, norm_weight_decay=norm_weight_decay, lr_units=lr_units, lr_schedule=lr_schedule,
@@ -139,55 +134,48 @@ def train(
         tensorboard=tensorboard,
         channels_last=channels_last, compile=compile_model, sync_bn=sync_bn,
         max_steps=max_steps, save_every=save_every, log_every=log_every, device=device if device != "auto" else None,
-        eval=False if no_eval else None, time_budget=budget_s)
-    given = {k: v for k, v in settings.items() if v is not None}
+        eval=False if no_eval else None, time_budget=parse_duration(time_budget) if time_budget is not None else None)
     if resume is not None and ckpt is not None:
         raise UsageError("--resume continues a run with its own weights; --ckpt starts a new one: give one of them")
     init_from = None if ckpt is None else find_latest(model) if ckpt == NEWEST else Path(ckpt).expanduser()
+    run_dir = None if resume is None else latest_run_dir(model) if resume == NEWEST else Path(resume).expanduser()
     if plot:
         from cifarctl.plots import require_plotting
 
         require_plotting()
     if tensorboard:
-        from cifarctl.engine.metrics import require_tensorboard
+        from cifarctl.run.log import require_tensorboard
 
         require_tensorboard()
-    run_dir, loaded = None, None
-    if resume is not None:
-        run_dir = latest_run_dir(model) if resume == NEWEST else Path(resume).expanduser()
-        loaded = load_run(run_dir)  # read once, for the settings here and the resume below
-        if recipe is not None and recipe != loaded[0].recipe:
-            raise UsageError(f"--recipe cannot change when a run is resumed (the run was trained with "
-                             f"{loaded[0].recipe!r}); drop it, or start a new run with --ckpt")
-        cfg = resume_config(run_dir, model, given, loaded)
-    else:
-        card.get_recipe(recipe)  # an unknown recipe fails here, naming the model's
-        cfg = TrainConfig.for_model(model, recipe, **given, init_ckpt=str(init_from) if init_from else None)
-        if cfg.whiten and not hasattr(create_model(model), "init_whitening"):
-            raise UsageError(f"--whiten applies to models with a whitening stem (airbench94); {model} has none")
-    # Under torchrun every process runs this command; rank 0 alone draws, prints and writes.
+    request = request_run(model, recipe, settings, resume_dir=run_dir, init_ckpt=init_from)
+    cfg = request.cfg
     chosen = resolve_device(cfg.device)  # a device that is not there fails here, in one line
-    info = ddp.init_distributed(chosen) if ddp.launched_by_torchrun() else ddp.DistInfo()
-    err = err_console() if info.is_main else Console(quiet=True)
-    dataset = ddp.main_first(lambda: load_data(cfg.data, offline, quiet=json_output or not info.is_main,
-                                               verify=verify))
+    # Under torchrun every process runs this command; rank 0 alone draws and prints.
+    is_main = ddp.process_rank() == 0
+    err = err_console() if is_main else Console(quiet=True)
+
+    def dataset() -> Any:
+        return load_data(cfg.data, offline, quiet=json_output or not is_main, verify=verify)
+
+    def announce(start: RunStart) -> None:
+        if start.resumed:
+            err.print(f"resuming {cfg.model} from {start.run_dir} on {describe_device(chosen)}")
+            return
+        processes = f" on {start.world_size} processes" if start.world_size > 1 else ""
+        err.print(f"training {model}{processes} on {describe_device(chosen)}; run folder: {start.run_dir}")
+        if init_from:
+            err.print(f"initialising {model} from {init_from}; the learning-rate schedule starts afresh")
+
     stop, received = threading.Event(), []
-    progress = RichProgress(err, enabled=info.is_main)
+    progress = RichProgress(err, enabled=is_main)
     try:
         with stop_on_signals(stop, received):
             if run_dir is not None:
-                run_dir = ddp.broadcast_object(run_dir)
-                err.print(f"resuming {cfg.model} from {run_dir} on {describe_device(chosen)}")
-                result = resume_run(run_dir, dataset, given, progress=progress, stop=stop, loaded=loaded,
-                                    notify=lambda text: err.print(f"[yellow]note:[/] {text}"))
+                result = resume_run(run_dir, dataset, settings, progress=progress, stop=stop, loaded=request.loaded,
+                                    notify=lambda text: err.print(f"[yellow]note:[/] {text}"), started=announce)
             else:
-                run_dir = ddp.broadcast_object(out or new_run_dir(model))
-                processes = f" on {info.world_size} processes" if info.enabled else ""
-                err.print(f"training {model}{processes} on {describe_device(chosen)}; run folder: {run_dir}")
-                if init_from:
-                    err.print(f"initialising {model} from {init_from}; the learning-rate schedule starts afresh")
-                result = run_training(cfg, dataset, out_dir=run_dir, progress=progress, stop=stop, clock=clock,
-                                      notify=lambda text: err.print(text, highlight=False))
+                result = run_training(cfg, dataset, out_dir=out, progress=progress, stop=stop, clock=clock,
+                                      notify=lambda text: err.print(text, highlight=False), started=announce)
     except TrainingInterrupted as exc:
         progress.finish()
         name = signal.Signals(received[0]).name if received else "a stop request"
@@ -195,13 +183,11 @@ def train(
         err.print(f"resume with: cifarctl train {cfg.model} --resume {shlex.quote(str(exc.run_dir))}")
         code = 128 + received[0] if received else 1
         raise typer.Exit(code) from None
-    finally:
-        ddp.shutdown()
-    if not info.is_main:
+    if not is_main:
         return
     if plot:
-        from cifarctl.engine.metrics import MetricsLog
         from cifarctl.plots import plot_learning_curves
+        from cifarctl.run.log import MetricsLog
 
         curves = plot_learning_curves(MetricsLog(result.run_dir / "metrics.jsonl").read_safe(),
                                       result.run_dir / "curves.png", title=f"{model} ({result.run_dir.name})")
@@ -211,8 +197,6 @@ def train(
     else:
         _render(result)
     if result.budget and resume is None:  # a resumed run's clock started with this process: no total to give
-        from cifarctl.engine.budget import format_duration
-
         spent = time.monotonic() - clock
         err.print(f"time budget {format_duration(result.budget['budget_s'])}: {result.budget['epochs']:.1f} epochs "
                   f"of {result.model}, finished in {format_duration(spent)}", highlight=False)

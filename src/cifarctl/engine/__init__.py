@@ -1,10 +1,14 @@
-"""Training and evaluation: ``train``, ``resume``, ``evaluate``, and checkpoint helpers."""
+"""The Python API in one import: ``train``, ``resume``, ``evaluate``, ``TrainConfig`` and checkpoint helpers.
 
-from cifarctl.engine.checkpoint import find_latest, load_checkpoint, load_weights, save_checkpoint
-from cifarctl.engine.config import TrainConfig
-from cifarctl.engine.device import resolve_device
-from cifarctl.engine.evaluate import EvalResult, evaluate, evaluate_model
-from cifarctl.engine.train import TrainingInterrupted, TrainResult, resume, train
+The code lives in ``cifarctl.training`` (the loop), ``cifarctl.run`` (the run's files),
+``cifarctl.evaluation`` and ``cifarctl.serving``; docs/architecture.md maps them.
+"""
+
+from cifarctl.device import resolve_device
+from cifarctl.evaluation import EvalResult, evaluate, evaluate_model
+from cifarctl.run.checkpoint import find_latest, load_checkpoint, load_weights, save_checkpoint
+from cifarctl.run.config import TrainConfig
+from cifarctl.training import TrainingInterrupted, TrainResult, resume, train
 
 __all__ = [
     "EvalResult", "TrainConfig", "TrainResult", "TrainingInterrupted", "evaluate", "evaluate_model",

@@ -8,11 +8,12 @@ head. About 2M parameters. Its recipe (cifarctl.models.recipes) matters as much 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from cifarctl.models.hooks import ParameterGroup
 from cifarctl.models.registry import Recipe, register_model
 
 WHITEN_KERNEL = 2
@@ -125,6 +126,22 @@ class AirBench94(nn.Module):
         """
         weight = whitening_weights(images.float(), self.whiten.weight.shape[2:], eps)
         self.whiten.weight.copy_(torch.cat((weight, -weight)).to(self.whiten.weight))
+
+    # -- what training asks of this model (cifarctl.models.hooks) -----------------------------
+    def init_from_data(self, images: torch.Tensor, settings: Mapping[str, Any]) -> None:
+        """The recipe's ``whiten``: the stem whitens the training images' 2x2 patches."""
+        self.init_whitening(images)
+
+    def on_epoch_start(self, epoch: int, settings: Mapping[str, Any]) -> None:
+        """The whitened stem's bias trains for the first ``whiten_bias_epochs`` epochs, then is frozen."""
+        if settings["whiten"] and self.whiten.bias is not None:
+            self.whiten.bias.requires_grad_(epoch < settings["whiten_bias_epochs"])
+
+    def parameter_groups(self, settings: Mapping[str, Any]) -> list[ParameterGroup]:
+        """The stem's bias apart, so that a schedule can take its lr to zero when it freezes (the Muon record's)."""
+        if self.whiten.bias is None:
+            return []
+        return [ParameterGroup("whiten_bias", (self.whiten.bias,), train_epochs=settings["whiten_bias_epochs"])]
 
 
 def image_patches(images: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:

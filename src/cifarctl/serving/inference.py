@@ -17,12 +17,12 @@ from torch import nn
 from cifarctl.data.cifar10 import CLASSES
 from cifarctl.data.images import to_rgb
 from cifarctl.data.loader import normalize
-from cifarctl.engine.checkpoint import load_checkpoint, load_weights
-from cifarctl.engine.config import TrainConfig
-from cifarctl.engine.device import resolve_device
-from cifarctl.engine.evaluate import tta_logits
+from cifarctl.device import resolve_device
 from cifarctl.errors import UsageError
+from cifarctl.evaluation import tta_logits
 from cifarctl.models import create_model
+from cifarctl.run.checkpoint import load_checkpoint, load_weights
+from cifarctl.run.config import TrainConfig
 
 SIZE = 32
 

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from cifarctl.atomic import atomic_path
-from cifarctl.engine.inference import SIZE, TrainedModel
 from cifarctl.errors import CifarctlError, UsageError, first_line
+from cifarctl.serving.inference import SIZE, TrainedModel
 
 FORMATS = ("onnx", "safetensors", "torchscript")
 EXTRA = "pip install 'cifarctl[export]'"

@@ -8,13 +8,15 @@ of jumping back up the curve).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+import warnings
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from cifarctl.engine.config import TrainConfig
+from cifarctl.models.hooks import ParameterGroup, declared_groups
+from cifarctl.run.config import TrainConfig
 
 # The course divides the learning rate by 3 every 20 epochs.
 STEP_EPOCHS = 20
@@ -55,24 +57,23 @@ def parameter_groups(model: nn.Module) -> Iterator[tuple[str, list[nn.Parameter]
             yield key, params
 
 
-def muon_groups(model: nn.Module) -> Iterator[tuple[str, list[nn.Parameter]]]:
+def muon_groups(model: nn.Module, declared: list[ParameterGroup] = ()) -> Iterator[tuple[str, list[nn.Parameter]]]:
     """``parameter_groups`` split for Muon: ``filters`` (conv weights, ndim 4) take Muon's step; the
-    other weights (the head) are ``head``; a whitening stem's bias is ``whiten_bias``, whose lr the
-    linear schedule takes to zero when it freezes (the Muon record's)."""
-    stem = getattr(model, "whiten", None)
-    stem_bias = stem.bias if isinstance(stem, nn.Conv2d) and stem.bias is not None else None
+    other weights (the head) are ``head``; the groups the model declares (``parameter_groups`` hook)
+    come out by their own names, just before the ordinary group their parameters were in."""
+    owner = {id(p): group.name for group in declared for p in group.params}
+    by_name = {group.name: list(group.params) for group in declared}
     for name, params in parameter_groups(model):
         if name == "weights":
-            filters = [p for p in params if p.ndim == 4]
-            rest = [p for p in params if p.ndim != 4]
+            filters = [p for p in params if p.ndim == 4 and id(p) not in owner]
+            rest = [p for p in params if p.ndim != 4 and id(p) not in owner]
             yield from ((key, ps) for key, ps in (("filters", filters), ("head", rest)) if ps)
-        elif name == "other_bias" and stem_bias is not None and any(p is stem_bias for p in params):
-            yield "whiten_bias", [stem_bias]
-            rest = [p for p in params if p is not stem_bias]
-            if rest:
-                yield name, rest
-        else:
-            yield name, params
+            continue
+        for declared_name in dict.fromkeys(owner[id(p)] for p in params if id(p) in owner):
+            yield declared_name, by_name.pop(declared_name)
+        rest = [p for p in params if id(p) not in owner]
+        if rest:
+            yield name, rest
 
 
 def head_groups(model: nn.Module) -> Iterator[tuple[str, list[nn.Parameter]]]:
@@ -120,15 +121,20 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     """Adam, SGD or Muon over ``model``'s parameter groups (see ``parameter_groups``, ``muon_groups``)."""
     groups: list[dict[str, Any]] = []
     muon = cfg.optimizer == "muon"
-    grouping = muon_groups if muon else head_groups if cfg.head_lr is not None else parameter_groups
-    for name, params in grouping(model):
+    declared = declared_groups(model, cfg.to_dict()) if muon else []
+    train_epochs = {group.name: group.train_epochs for group in declared if group.train_epochs is not None}
+    grouping = (muon_groups(model, declared) if muon else head_groups(model) if cfg.head_lr is not None
+                else parameter_groups(model))
+    for name, params in grouping:
         lr, decay = torch_hyperparameters(cfg, name)
         groups.append({"params": params, "lr": lr, "weight_decay": decay, "name": name})
+        if name in train_epochs:  # the schedule takes its lr to zero when it stops training
+            groups[-1]["train_epochs"] = train_epochs[name]
         if muon:  # Muon's momentum for the filters, SGD's for the rest
             use_muon = name == "filters"
             groups[-1].update(use_muon=use_muon, momentum=cfg.muon_momentum if use_muon else cfg.momentum)
     if muon:
-        from cifarctl.engine.muon import Muon
+        from cifarctl.training.muon import Muon
 
         return Muon(groups, lr=cfg.lr, momentum=cfg.muon_momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "sgd":
@@ -170,20 +176,23 @@ def max_ramp_rise(cfg: TrainConfig) -> float | None:
     return (1 - start) * steepness / max(cfg.min_ramp_steps - offset, 1)
 
 
-def _linear(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total: int, ramp: int, start: float,
+def _linear(optimizer: torch.optim.Optimizer, total: int, ramp: int, start: float,
             end: float, steps_per_epoch: int) -> lr_scheduler.LRScheduler:
-    """Ramp (if any), then straight down to ``end`` x peak at the last step. A whitening stem's bias
-    reaches zero when it freezes, after ``whiten_bias_epochs`` (the Muon record's)."""
+    """Ramp (if any), then straight down to ``end`` x peak at the last step. A group that trains for
+    ``train_epochs`` only (a model's declared group: airbench94's stem bias) reaches zero when it stops."""
 
     def main(step: int, horizon: int, floor: float) -> float:
         if step < ramp:
             return start + (1 - start) * step / ramp
         return max(floor, 1 - (1 - floor) * (step - ramp) / max(horizon - ramp, 1))
 
-    whiten_steps = max(cfg.whiten_bias_epochs * steps_per_epoch, ramp + 1)
-    lambdas = [(lambda step: main(step, whiten_steps, 0.0)) if group.get("name") == "whiten_bias"
-               else (lambda step: main(step, total, end)) for group in optimizer.param_groups]
-    return lr_scheduler.LambdaLR(optimizer, lambdas)
+    def lr_lambda(group: dict[str, Any]) -> Callable[[int], float]:
+        if group.get("train_epochs") is None:
+            return lambda step: main(step, total, end)
+        stops = max(group["train_epochs"] * steps_per_epoch, ramp + 1)
+        return lambda step: main(step, stops, 0.0)
+
+    return lr_scheduler.LambdaLR(optimizer, [lr_lambda(group) for group in optimizer.param_groups])
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
@@ -196,7 +205,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
     start = cfg.lr_start_factor if cfg.lr_start_factor is not None else START_FACTOR.get(kind, WARMUP_START)
     end = cfg.lr_end_factor if cfg.lr_end_factor is not None else END_FACTOR.get(kind, 1.0)
     if kind == "linear":
-        return _linear(cfg, optimizer, total, ramp, start, end, steps_per_epoch)
+        return _linear(optimizer, total, ramp, start, end, steps_per_epoch)
     # OneCycleLR needs two steps in each of its phases; shorter runs get a plain ramp (below).
     if kind == "onecycle" and total >= 4:
         ramp = min(max(ramp, 2), total - 2)
@@ -230,3 +239,18 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
         return main
     warmup = lr_scheduler.LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=ramp)
     return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[ramp])
+
+
+def rebuild_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, peak_lrs: list[float],
+                      steps_per_epoch: int, step: int) -> lr_scheduler.LRScheduler:
+    """A fresh schedule of ``cfg.schedule_steps`` steps over the groups' ``peak_lrs``, advanced to ``step``
+    (a time budget fixes the length after its first steps were taken at the schedule's first lr)."""
+    for group, peak in zip(optimizer.param_groups, peak_lrs):
+        group["lr"] = peak
+        group.pop("initial_lr", None)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    with warnings.catch_warnings():  # "step() before optimizer.step()": the steps were taken before it existed
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(step):
+            scheduler.step()
+    return scheduler

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cifarctl import paths
 from cifarctl.atomic import write_text
-from cifarctl.engine.metrics import MetricsLog
+from cifarctl.run.log import MetricsLog
 
 INDEX = "index.txt"
 

@@ -1,5 +1,9 @@
 """Training to a time budget: measure this machine, then fix the schedule to the steps that fit.
 
+The loop consults one ``TimeBudget``: it reports each step taken while measuring (``step_taken``),
+and when enough are timed it gets the step time back and asks for the plan (``plan``), which it
+then applies (the schedule's length, the final evaluation's TTA level).
+
 Stopping a run when the clock runs out (Lightning's ``max_time``) leaves a triangle or onecycle
 schedule mid-way, with the learning rate high and the weights noisy. Here the run first times a few
 throwaway steps and one evaluation batch, chooses the number of optimizer steps whose training,
@@ -15,6 +19,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+from torch import nn
+
+from cifarctl.device import autocast_dtype, sync_device
+from cifarctl.evaluation import tta_logits
+
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh])")
 
@@ -26,6 +36,10 @@ CALIBRATION_STEPS = 3        # timed steps, after one untimed warm-up step
 CALIBRATION_MIN_S = 1.0      # on fast devices, keep timing steps until this long has passed ...
 CALIBRATION_MAX_STEPS = 50   # ... or this many
 CALIBRATION_SHARE = 0.05     # on slow machines, stop measuring once this share of the budget is spent
+TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each test-time augmentation level
+# Under a time budget the recipe's test-time augmentation stays unless its final evaluation would take
+# more than this share of the budget (on a 2-core AVX2 CPU, airbench94's level 2 takes 150 s).
+TTA_BUDGET_SHARE = 0.25
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -149,10 +163,122 @@ class Stopwatch:
         self.started = time.perf_counter()
 
     def sync(self) -> None:
-        from cifarctl.engine.device import sync_device
-
         sync_device(self.device)
 
     def seconds(self) -> float:
         self.sync()
         return time.perf_counter() - self.started
+
+
+def choose_tta(level: int, batch_s: dict[int, float], batches: int, budget_s: float) -> tuple[int, str]:
+    """The test-time augmentation a time budget can afford: the recipe's ``level``, unless its final evaluation
+    would take more than ``TTA_BUDGET_SHARE`` of the budget; then the highest level that fits (at least 0).
+
+    Returns the level and a note for the user ("" when the recipe's level stays).
+    """
+    affordable = [lv for lv in range(level, -1, -1) if batch_s[lv] * batches <= TTA_BUDGET_SHARE * budget_s]
+    chosen = affordable[0] if affordable else 0
+    if chosen == level:
+        return level, ""
+    return chosen, (f"test-time augmentation {level} would take {batch_s[level] * batches:.0f} s of the budget; "
+                    f"the final evaluation uses level {chosen} ({batch_s[chosen] * batches:.0f} s) and training the rest")
+
+
+def time_eval_levels(model: nn.Module, batch: torch.Tensor, tta: int, amp: bool) -> dict[int, float]:
+    """Seconds per evaluation batch (``batch``, one of the test loader's) at each test-time augmentation level.
+
+    Level 0 is timed on a whole batch, after a first pass that builds the kernels for its shape
+    (a 100-image sample underestimated a 500-image batch by 1.3x on a CPU). The run's own level
+    costs more than its views (its flips and shifts: level 2 is 6.9x level 0 on a CPU, not 6x),
+    so its ratio to level 0 is timed on 100 images; the level between is scaled by its views.
+    """
+    device = batch.device
+    cast = autocast_dtype(device, amp)
+
+    def timed(images: torch.Tensor, level: int) -> float:
+        watch = Stopwatch(device)
+        tta_logits(model, images, level)
+        return watch.seconds()
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=cast or torch.float32,
+                                                    enabled=cast is not None):
+            # The larger of two timings each: one pass is noisy, and running over the budget is worse
+            # than a step less (one pass under-estimated a 10,000-image TTA 2 evaluation by a third).
+            tta_logits(model, batch, 0)
+            level0 = max(timed(batch, 0), timed(batch, 0))
+            ratio = 1.0
+            if tta:
+                sample = batch[:100]
+                tta_logits(model, sample, 0)
+                ratio = max(timed(sample, tta) / max(timed(sample, 0), 1e-9) for _ in range(2))
+    finally:
+        model.train(was_training)
+    per_view = level0 * ratio / TTA_VIEWS[tta]
+    return {level: level0 if level == 0 else level0 * ratio if level == tta else per_view * views
+            for level, views in TTA_VIEWS.items()}
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a plan must pay for besides the steps: the loaders' lengths and the evaluations asked for."""
+
+    steps_per_epoch: int
+    test_batches: int
+    val_batches: int | None      # with --val-split: the held-out images' batches (per-epoch evaluations)
+    evaluate: bool
+    eval_every: int
+    tta: int                     # the recipe's final test-time augmentation level
+
+
+class TimeBudget:
+    """The first steps of a run measure this machine; then ``plan`` fixes the run's length.
+
+    While it measures, the loop holds the lr at the schedule's first value (the same whatever the
+    length), so nothing is thrown away: the steps count towards the plan. Under DDP every rank
+    measures a fixed number of steps, so all of them plan at the same step.
+    Usage: ``budget = TimeBudget(300, time.monotonic(), device)``, then after each step
+    ``step_s = budget.step_taken()``; when it is not None, ``budget.plan(step_s, ...)``.
+    """
+
+    def __init__(self, seconds: float, clock: float, device: Any, distributed: bool = False) -> None:
+        self.seconds, self.clock, self.device, self.distributed = seconds, clock, device, distributed
+        self.watch = Stopwatch(device)
+        self.measured_steps, self.first_step_s = 0, 0.0
+
+    def step_taken(self) -> float | None:
+        """After each step: the seconds a step takes once enough are timed (then plan), else None."""
+        self.measured_steps += 1
+        if self.measured_steps == 1:  # the first step builds kernels and caches: not typical
+            self.first_step_s = self.watch.seconds()
+            self.watch = Stopwatch(self.device)
+            over = time.monotonic() - self.clock > self.seconds
+            return self.first_step_s if over and not self.distributed else None  # over already: says so now
+        timed, seconds = self.measured_steps - 1, self.watch.seconds()
+        enough = timed >= CALIBRATION_STEPS and (self.distributed or seconds >= CALIBRATION_MIN_S)
+        # A slow machine stops measuring after a twentieth of the budget: those steps run at the held lr.
+        slow = not self.distributed and seconds >= CALIBRATION_SHARE * self.seconds
+        if enough or slow or timed >= CALIBRATION_MAX_STEPS:  # under DDP a fixed count
+            return seconds / timed
+        return None
+
+    def step_time_so_far(self) -> float:
+        """The step time measured up to now (a run asked to stop while measuring plans with it)."""
+        timed = self.measured_steps - 1
+        return self.watch.seconds() / timed if timed else self.first_step_s
+
+    def plan(self, step_s: float, level_s: dict[int, float], shape: RunShape, done_steps: int) -> BudgetPlan:
+        """The run's length and final TTA level, from the step time and each TTA level's seconds per batch."""
+        tta, note = choose_tta(shape.tta, level_s, shape.test_batches, self.seconds)
+        per_epoch = shape.val_batches if shape.val_batches is not None else shape.test_batches
+        eval_s = level_s[0] * per_epoch if shape.evaluate and shape.eval_every else 0.0
+        final_eval_s = level_s[tta] * shape.test_batches
+        if shape.val_batches is not None:  # the val pass at the end, and last.pt and best.pt on the test set
+            final_eval_s = eval_s + 2 * final_eval_s
+        spent = time.monotonic() - self.clock
+        plan = plan_steps(self.seconds, spent, step_s, shape.steps_per_epoch, eval_s, final_eval_s,
+                          shape.eval_every if shape.evaluate else 0, done_steps=done_steps)
+        plan.tta, plan.note, plan.measured_steps = tta, note, done_steps
+        return plan

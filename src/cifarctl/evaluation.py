@@ -12,12 +12,12 @@ from torch import nn
 
 from cifarctl.data.cifar10 import CIFAR10, CLASSES
 from cifarctl.data.loader import DeviceLoader
-from cifarctl.engine.checkpoint import load_checkpoint, load_weights
-from cifarctl.engine.config import TrainConfig
-from cifarctl.engine.device import autocast_dtype, resolve_device
-from cifarctl.engine.distributed import all_reduce_sum
+from cifarctl.device import autocast_dtype, resolve_device
+from cifarctl.distributed import all_reduce_sum
 from cifarctl.models import create_model
 from cifarctl.progress import NullProgress, Progress
+from cifarctl.run.checkpoint import load_checkpoint, load_weights
+from cifarctl.run.config import TrainConfig
 
 
 @dataclass

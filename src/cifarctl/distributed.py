@@ -131,3 +131,8 @@ def per_rank_batch(batch_size: int, info: DistInfo) -> int:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def process_rank() -> int:
+    """This process's rank as torchrun set it (0 alone), before any process group is joined."""
+    return int(os.environ.get("RANK", "0"))

@@ -255,7 +255,7 @@ def _classes_mismatch(model: nn.Module, key: str, got: tuple[int, ...], want: tu
 
 def find_latest(model_name: str, file: str = "last.pt") -> Path:
     """The newest ``file`` of ``model_name``'s runs (under the checkpoints root, or indexed ``--out`` runs)."""
-    from cifarctl.engine.runs import run_checkpoints
+    from cifarctl.run.index import run_checkpoints
 
     root = paths.runs_root() / model_name
     candidates = sorted(run_checkpoints(model_name, file), key=lambda p: p.stat().st_mtime)

@@ -1,0 +1,162 @@
+"""``train`` and ``resume``: one run, from Python or the command line, alone or under torchrun.
+
+Under ``torchrun ... python my_script.py`` (or ``-m cifarctl train``) each process calls ``train``
+as it would alone: it joins the process group (and leaves it at the end if it joined it), loads
+the data on rank 0 first (a download happens once), and agrees with the other ranks on one run
+folder, rank 0's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Union
+
+import torch.distributed
+
+from cifarctl import distributed as ddp
+from cifarctl.data.cifar10 import CIFAR10, fake_cifar10
+from cifarctl.device import resolve_device
+from cifarctl.errors import CifarctlError, UsageError
+from cifarctl.models import model_card
+from cifarctl.progress import Progress
+from cifarctl.run.config import TrainConfig
+from cifarctl.run.folder import new_run_dir, run_lock
+from cifarctl.run.resume import load_run, resume_config
+from cifarctl.training.result import TrainResult
+from cifarctl.training.trainer import Trainer
+
+# The data to train on: a dataset, a function that loads one (called on rank 0 first under torchrun),
+# or None: the run's own ``data`` setting (``cifar10``: the cached dataset, downloaded if missing).
+DataSource = Union[CIFAR10, Callable[[], CIFAR10], None]
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a run is about to do, for a caller that reports it (``started``)."""
+
+    run_dir: Path
+    world_size: int    # processes training together (1 alone)
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A run asked for by model name: its resolved config and, for a resume, the run's folder and checkpoint."""
+
+    cfg: TrainConfig
+    resume_dir: Path | None = None
+    loaded: tuple[TrainConfig, dict[str, Any]] | None = None  # ``load_run(resume_dir)``
+
+
+def request_run(model: str, recipe: str | None = None, settings: dict[str, Any] | None = None,
+                resume_dir: Path | None = None, init_ckpt: Path | None = None) -> RunRequest:
+    """What ``cifarctl train MODEL [--recipe R] [flags] [--resume RUN | --ckpt FILE]`` trains: the model's
+    recipe with ``settings`` on top, or the run in ``resume_dir`` with the settings a resume may change.
+
+    An unknown model or recipe, or a setting a resume cannot change, fails in one line before anything
+    is built. Usage: ``train(request_run("airbench94", "muon", {"epochs": 4}).cfg)``
+    """
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    card = model_card(model)  # an unknown name fails here, with close matches
+    if resume_dir is not None:
+        if init_ckpt is not None:
+            raise UsageError("--resume continues a run with its own weights; --ckpt starts a new one: give one of them")
+        loaded = load_run(resume_dir)
+        if recipe is not None and recipe != loaded[0].recipe:
+            raise UsageError(f"--recipe cannot change when a run is resumed (the run was trained with "
+                             f"{loaded[0].recipe!r}); drop it, or start a new run with --ckpt")
+        return RunRequest(resume_config(resume_dir, model, settings, loaded), resume_dir, loaded)
+    card.get_recipe(recipe)  # an unknown recipe fails here, naming the model's
+    init = {"init_ckpt": str(init_ckpt)} if init_ckpt is not None else {}
+    return RunRequest(TrainConfig.for_model(model, recipe, **settings, **init))
+
+
+def train(cfg: TrainConfig, data: DataSource = None, out_dir: Path | None = None, progress: Progress | None = None,
+          stop: threading.Event | None = None, notify: Callable[[str], None] | None = None,
+          clock: float | None = None, started: Callable[[RunStart], None] | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``data`` into ``out_dir`` (default: a new run folder).
+
+    With ``cfg.time_budget`` the run fits its length to that many seconds, counted from ``clock``
+    (a ``time.monotonic()``; default: now) and says what it chose through ``notify``.
+    Usage: ``train(TrainConfig("resnet50", epochs=1, device="cpu"), load_cifar10())``
+    """
+    with distributed_session(cfg.device) as info:
+        dataset = load_data_first_on_rank0(data, cfg.data)
+        run_dir = ddp.broadcast_object(Path(out_dir) if out_dir else new_run_dir(cfg.model))
+        with run_lock(run_dir):
+            if (run_dir / "last.pt").exists():
+                raise CifarctlError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+                                    "or choose another --out")
+            if started is not None:
+                started(RunStart(run_dir, info.world_size, resumed=False))
+            return Trainer(cfg, dataset, run_dir, progress, stop, notify=notify, clock=clock).run()
+
+
+def resume(run_dir: Path, data: DataSource = None, overrides: dict[str, Any] | None = None,
+           progress: Progress | None = None, stop: threading.Event | None = None,
+           notify: Callable[[str], None] | None = None,
+           loaded: tuple[TrainConfig, dict[str, Any]] | None = None,
+           started: Callable[[RunStart], None] | None = None) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last checkpoint, at the exact step.
+
+    Everything comes from the checkpoint; ``overrides`` may change only ``RESUMABLE`` settings
+    (others are refused, see ``resume_config``). ``notify`` receives notices (e.g. a changed world
+    size, or a run that was already finished, whose stored results come back). ``loaded``, the
+    caller's ``load_run(run_dir)``, spares reading it twice before the lock; under the lock the run
+    is read again, since a writer that finished meanwhile may have moved it on.
+    Usage: ``resume(Path("runs/resnet50/2026..."), load_cifar10())``
+    """
+    tell = notify or (lambda _text: None)
+    cfg = resume_config(Path(run_dir), None, overrides, loaded or load_run(Path(run_dir)))
+    with distributed_session(cfg.device) as info:
+        dataset = load_data_first_on_rank0(data, cfg.data)
+        run_dir = ddp.broadcast_object(Path(run_dir))
+        with run_lock(run_dir):
+            loaded = load_run(run_dir)
+            trainer = Trainer(resume_config(run_dir, None, overrides, loaded), dataset, run_dir, progress, stop,
+                              resume=loaded[1])
+            for notice in trainer.notices:
+                tell(notice)
+            if trainer.finished():
+                tell(f"the run in {run_dir} is already finished ({trainer.global_step:,} steps, {trainer.epoch} "
+                     "epochs): its stored results follow; raise --epochs to train on")
+                return trainer.stored_result()
+            if started is not None:
+                started(RunStart(run_dir, info.world_size, resumed=True))
+            return trainer.run()
+
+
+@contextlib.contextmanager
+def distributed_session(device: str) -> Iterator[ddp.DistInfo]:
+    """Under torchrun: the process group (joined here unless the caller joined it, and then left here too)."""
+    if not ddp.launched_by_torchrun():
+        yield ddp.DistInfo()
+        return
+    joined_here = not torch.distributed.is_initialized()
+    info = ddp.init_distributed(resolve_device(device))
+    try:
+        yield info
+    finally:
+        if joined_here:
+            ddp.shutdown()
+
+
+def load_data_first_on_rank0(data: DataSource, choice: str) -> CIFAR10:
+    """The dataset ``data`` names (see ``DataSource``), loaded by rank 0 before the other ranks."""
+    if isinstance(data, CIFAR10):
+        return data
+    return ddp.main_first(data if data is not None else lambda: default_dataset(choice))
+
+
+def default_dataset(choice: str) -> CIFAR10:
+    """``cifar10``: the cached dataset (downloaded when missing); ``fake``: random images, no download."""
+    if choice == "fake":
+        return fake_cifar10()
+    if choice != "cifar10":
+        raise UsageError(f"unknown --data {choice!r}: use cifar10 or fake")
+    from cifarctl.data.prepare import ensure_cifar10
+
+    return ensure_cifar10()

@@ -1,0 +1,110 @@
+"""What a run trains with, built from its config: the model on its device, and the batch loaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cifarctl.data.cifar10 import CIFAR10
+from cifarctl.data.loader import DeviceLoader, epoch_seed, normalize
+from cifarctl.distributed import DistInfo, per_rank_batch
+from cifarctl.errors import CifarctlError, UsageError
+from cifarctl.models import create_model
+from cifarctl.models.hooks import SAMPLE_IMAGES, call_hook, has_hook, read_only
+from cifarctl.run.checkpoint import load_checkpoint, load_weights
+from cifarctl.run.config import TrainConfig
+
+
+def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train_indices, val_indices)``: ``size`` images held out, stratified by class, seeded.
+
+    Each class gives its share of ``size`` (largest remainders first); which of its images go is a
+    seeded permutation, so the same seed always holds out the same images.
+    """
+    if not 0 < size < len(labels):
+        raise UsageError(f"--val-split must be between 1 and {len(labels) - 1} images, got {size}")
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * size / len(labels)
+    take = exact.floor().long()
+    remainder = exact - take
+    take[remainder.argsort(descending=True, stable=True)[: size - int(take.sum())]] += 1
+    gen = torch.Generator().manual_seed(epoch_seed(seed, -2000))
+    held = []
+    for cls, n in zip(classes.tolist(), take.tolist()):
+        members = torch.nonzero(labels == cls).flatten()
+        held.append(members[torch.randperm(len(members), generator=gen)[:n]])
+    val = torch.cat(held).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val] = False
+    return torch.nonzero(keep).flatten(), val
+
+
+def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, dist: DistInfo, channels_last: bool,
+                from_checkpoint: bool) -> tuple[nn.Module, nn.Module]:
+    """``(model, forward)``: the model on its device, and what the training step calls (its DDP and
+    compiled wrapper). ``from_checkpoint``: load ``cfg.init_ckpt``'s weights (a new run from --ckpt)."""
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=num_classes, **cfg.model_options)
+    if cfg.whiten and not has_hook(model, "init_from_data"):
+        raise UsageError(f"--whiten applies to models that set themselves from the training images (airbench94's "
+                         f"whitening stem); {cfg.model} has none: drop --whiten")
+    if cfg.init_ckpt and from_checkpoint:
+        load_weights(model, cfg.model, load_checkpoint(cfg.init_ckpt), cfg.init_ckpt)
+    if dist.rank:  # every rank starts from the same weights but draws its own dropout masks
+        torch.manual_seed(epoch_seed(cfg.seed, -1 - dist.rank))
+    if dist.enabled and cfg.sync_bn:
+        if device.type != "cuda":
+            raise CifarctlError("--sync-bn needs CUDA (SyncBatchNorm runs on GPUs only); drop it on CPU")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    wrapped: nn.Module = model
+    if dist.enabled:
+        # A model with an epoch hook may stop training some parameters (airbench94's stem bias):
+        # DDP must then expect parameters without gradients.
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=has_hook(model, "on_epoch_start"))
+    return model, torch.compile(wrapped) if cfg.compile else wrapped
+
+
+@dataclass
+class Loaders:
+    """The run's batches: training (this rank's share), test, and held-out training images (--val-split)."""
+
+    train: DeviceLoader
+    test: DeviceLoader
+    val: DeviceLoader | None
+    train_images: torch.Tensor  # the uint8 images training draws from (without the held-out ones)
+
+
+def build_loaders(cfg: TrainConfig, data: CIFAR10, device: torch.device, dist: DistInfo,
+                  channels_last: bool) -> Loaders:
+    shard = dict(rank=dist.rank, world_size=dist.world_size)
+    norm: dict[str, Any] = dict(channels_last=channels_last, mean=cfg.mean, std=cfg.std)
+    train_images, train_labels = data.train_images, data.train_labels
+    val = None
+    if cfg.val_split:
+        keep, held = validation_split(train_labels, cfg.val_split, cfg.seed)
+        val = DeviceLoader(train_images[held], train_labels[held], cfg.eval_batch_size, device, train=False,
+                           **norm, **shard)
+        train_images, train_labels = train_images[keep], train_labels[keep]
+    train = DeviceLoader(train_images, train_labels, per_rank_batch(cfg.batch_size, dist), device, train=True,
+                         seed=cfg.seed, translate=cfg.translate, pad_mode=cfg.pad_mode, flip=cfg.flip, **norm,
+                         **shard)
+    test = DeviceLoader(data.test_images, data.test_labels, cfg.eval_batch_size, device, train=False, **norm,
+                        **shard)
+    return Loaders(train, test, val, train_images)
+
+
+def init_from_data(model: nn.Module, cfg: TrainConfig, images: torch.Tensor, device: torch.device) -> None:
+    """The model's ``init_from_data`` hook with a seeded sample of training images (normalised, not augmented).
+
+    A random sample, not the first images: a dataset imported from class folders is sorted by class.
+    """
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, -3000))
+    pick = torch.randperm(len(images), generator=gen)[:SAMPLE_IMAGES]
+    sample = images[pick].permute(0, 3, 1, 2).to(device)
+    call_hook(model, "init_from_data", normalize(sample, mean=cfg.mean, std=cfg.std), read_only(cfg.to_dict()))
