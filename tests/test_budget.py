@@ -196,3 +196,28 @@ def test_the_progress_bar_shows_the_planned_length(tmp_path: Path, monkeypatch: 
     epochs = [label for label in progress.labels if "epoch" in label]
     assert epochs[:2] == ["epoch 1 (measuring this machine)", f"relabel: epoch 1/{planned}"]
     assert epochs[2] == f"epoch 2/{planned}" and epochs[-1] == f"epoch {planned}/{planned}"
+
+
+def test_a_slower_machine_shortens_the_plan_never_lengthens_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(budget_mod.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(budget_mod, "Stopwatch", FixedStopwatch)
+    budget = budget_mod.TimeBudget(100.0, clock=0.0, device="cpu")
+    now[0] = 10.0
+    shape = budget_mod.RunShape(steps_per_epoch=10, test_batches=2, val_batches=None, evaluate=True, eval_every=0,
+                                tta=0)
+    plan = budget.plan(1.0, {0: 1.0, 1: 2.0, 2: 6.0}, shape, done_steps=2)
+    assert not budget.measuring and plan.steps == 2 + int((100 - 10 - plan.reserve_s - 2.0) // 1.0)
+    now[0] = 20.0
+    assert budget.refit(12) is None  # 10 steps in 10 s: on the plan's pace
+    now[0] = 40.0
+    refitted = budget.refit(22)  # 10 steps in 20 s: at 2 s a step the plan's end is out of reach
+    assert refitted is not None and refitted.steps < plan.steps and "2.00x slower" in refitted.note
+    assert refitted.final_eval_s == pytest.approx(2 * plan.final_eval_s)  # it slows down alike
+    assert refitted.steps == 22 + int((100 - 40 - plan.reserve_s - refitted.final_eval_s) // 2.0)
+    now[0] = 60.0
+    again = budget.refit(32)  # 2 s a step still: the refitted plan holds, and is not refitted twice
+    assert again is None
+    now[0] = 65.0
+    assert budget.refit(42) is None  # faster again: the plan stays as it is, never longer
+    assert budget.planned is refitted

@@ -207,7 +207,8 @@ def test_models_lists_every_model_with_its_recipe(runner: CliRunner) -> None:
     result = runner.invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == set(list_models())
+    assert set(rows) == {*list_models(), "FILE.py:Name"}  # and the default recipe of a model of your own
+    assert "head lr 0.01" in rows["FILE.py:Name"]["recipe"] and "without norm layers" in rows["FILE.py:Name"]["recipe"]
     assert rows["airbench94"]["params"] == 1_972_792 and rows["resnet50"]["macs"] == 92_727_296
     assert "nesterov sgd lr 11.5 per 1024" in rows["airbench94"]["recipe"] and "2404.00498" in rows["airbench94"]["reference"]
     table = runner.invoke(app, ["models"])

@@ -202,7 +202,7 @@ def test_fuzz_malformed_files(checkpoint: Path, tmp_path: Path) -> None:
         "zip of unrelated files": "not a torch.save checkpoint", "tar": "not a checkpoint",
         "pickle of a dict with wrong types": "not a checkpoint", "torch.save of wrong types": "neither a cifarctl",
         "missing keys": "1 missing, 0 unexpected keys: missing 0.weight", "extra keys": "unexpected head.extra",
-        "wrong shape": "0.weight has shape [8, 3, 5, 5]", "100 classes": "trained for 100 classes",
+        "wrong shape": "0.weight: checkpoint 8x3x5x5, model ", "100 classes": "trained for 100 classes",
         "NaN weights": "non-finite weights (NaN or Inf in 5.weight)",
     }
     for name, path in cases.items():

@@ -8,6 +8,8 @@ from cifarctl.models import list_models, model_card
 from cifarctl.run.config import recipe_summary
 from cifarctl.trace.api import inspect_model
 
+YOUR_OWN = "FILE.py:Name"  # the row of a model of your own (file, package.module:name, torchvision:NAME)
+
 
 @dataclass
 class ModelSummary:
@@ -37,4 +39,9 @@ def describe_models() -> list[ModelSummary]:
                    for r in card.recipes]
         rows.append(ModelSummary(name, traced.total_params, traced.total_macs, recipes[0]["summary"],
                                  card.reference, recipes))
+    spec = model_card("FILE.py:Name")  # any model of your own: its default recipe
+    recipe = spec.default
+    summary = recipe_summary(recipe.values)
+    rows.append(ModelSummary(YOUR_OWN, 0, 0, summary, recipe.reference,
+                             [{"name": recipe.name, "summary": summary, "reference": recipe.reference}]))
     return rows

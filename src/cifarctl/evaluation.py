@@ -14,7 +14,8 @@ from cifarctl.data.cifar10 import CIFAR10, CLASSES
 from cifarctl.data.loader import DeviceLoader
 from cifarctl.device import autocast_dtype, resolve_device
 from cifarctl.distributed import all_reduce_sum
-from cifarctl.models import create_model
+from cifarctl.models import is_model
+from cifarctl.models.spec import ModelSource, build_model
 from cifarctl.progress import NullProgress, Progress
 from cifarctl.run.checkpoint import load_checkpoint, load_weights
 from cifarctl.run.config import TrainConfig
@@ -113,26 +114,76 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     return result
 
 
+def takes_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Whether ``model``'s forward runs on channels_last images (one that ``.view()``s its maps does not)."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model.to(memory_format=torch.channels_last)(
+                torch.zeros(2, 3, 32, 32, device=device).to(memory_format=torch.channels_last))
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's weights in the model the caller named, with the settings its training used."""
+
+    model: nn.Module
+    state: dict[str, Any]          # the checkpoint as read
+    trained: dict[str, Any]        # the run's config (else the model's recipe): mean, std, tta ...
+    source: ModelSource
+
+
+def load_model(model_name: str, checkpoint: Path | str, num_classes: int | None = None,
+               model_kwargs: dict[str, Any] | None = None) -> LoadedModel:
+    """Build ``model_name`` (a registered name or a spec: the code the caller names, never the code a checkpoint
+    records) and load ``checkpoint`` into it strictly. Its constructor's arguments are ``model_kwargs``, else the
+    ones its run recorded; ``num_classes`` (None: the checkpoint's classes, else 10) as ``build_model`` passes it.
+    Usage: ``loaded = load_model("my_resnet.py:ResNet50", "resnet50_285.pt")``
+    """
+    state = load_checkpoint(checkpoint)
+    config = state.get("config") or {}
+    kwargs = dict(config.get("model_options") or {}) if model_kwargs is None else dict(model_kwargs)
+    classes = num_classes or config.get("num_classes") or len(state.get("classes") or CLASSES)
+    model, source = build_model(model_name, classes, kwargs, explicit_classes=num_classes is not None)
+    load_weights(model, model_name, state, checkpoint, model_source=source)
+    # What training recorded; else the registered model's recipe; else (weights of your own model from
+    # elsewhere: the course's given checkpoints) the plain defaults: no TTA, CIFAR-10's mean and std.
+    defaults = TrainConfig.for_model(model_name) if is_model(model_name) else TrainConfig(model=model_name)
+    trained = {**defaults.to_dict(), **config}
+    return LoadedModel(model, state, trained, source)
+
+
 def evaluate(model_name: str, checkpoint: Path | str, data: CIFAR10, device: str = "auto", batch_size: int = 100,
-             amp: bool = False, progress: Progress | None = None, tta: int | None = None) -> EvalResult:
+             amp: bool = False, progress: Progress | None = None, tta: int | None = None,
+             model_kwargs: dict[str, Any] | None = None, num_classes: int | None = None) -> EvalResult:
     """Load ``checkpoint`` (cifarctl's or a raw state_dict) into ``model_name`` and evaluate on the test split.
 
-    fp32 by default, so a checkpoint scores what the course's own loop gives; ``amp=True`` trades
-    that exactness for speed (bf16 on CUDA and on CPUs with native bf16). Inputs are normalised as
-    the checkpoint's run was trained (its config), else with the model's default constants.
-    ``tta`` averages logits over flips (1) and shifts (2); None: the level the run was trained to
-    report (its config, else the model's recipe: 0 for the course models).
+    ``model_name`` is a registered name or a spec (``path/to/file.py:Name`` ...), built with
+    ``model_kwargs`` (default: those its run recorded). fp32 by default, so a checkpoint scores what the
+    course's own loop gives; ``amp=True`` trades that exactness for speed (bf16 on CUDA and on CPUs with
+    native bf16). Inputs are normalised as the checkpoint's run was trained (its config), else with the
+    model's default constants. ``tta`` averages logits over flips (1) and shifts (2); None: the level the
+    run was trained to report (its config, else the model's recipe: 0 for the course models).
     Usage: ``evaluate("vgg16", "vgg16_250.pt", load_cifar10())``
     """
     dev = resolve_device(device)
-    model = create_model(model_name, num_classes=len(data.classes))
-    state = load_checkpoint(checkpoint)
-    load_weights(model, model_name, state, checkpoint)
-    trained = {**TrainConfig.for_model(model_name).to_dict(), **(state.get("config") or {})}
-    # channels_last: measured faster for inference on CPU (VGG-16: 290 vs 336 ms per 100 images) and CUDA.
-    model.to(dev, memory_format=torch.channels_last)
-    loader = DeviceLoader(data.test_images, data.test_labels, batch_size, dev, train=False, channels_last=True,
-                          mean=trained["mean"], std=trained["std"])
+    loaded = load_model(model_name, checkpoint, num_classes, model_kwargs)
+    model, state, trained = loaded.model, loaded.state, loaded.trained
+    # channels_last: measured faster for inference on CPU (VGG-16: 290 vs 336 ms per 100 images) and CUDA, and
+    # the same layout as the built-in model for a user's file of it (so both score alike to the last bit); a
+    # user's model that .view()s its maps refuses it, and keeps the default layout.
+    model.to(dev)
+    channels_last = loaded.source.kind == "registered" or takes_channels_last(model, dev)
+    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    loader = DeviceLoader(data.test_images, data.test_labels, batch_size, dev, train=False,
+                          channels_last=channels_last, mean=trained["mean"], std=trained["std"])
     result = evaluate_model(model, loader, len(data.classes), amp=amp, progress=progress, classes=data.classes,
                             tta=trained["tta"] if tta is None else tta)
     result.model, result.checkpoint = model_name, str(checkpoint)

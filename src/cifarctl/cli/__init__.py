@@ -42,7 +42,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 app.command()(download)
-app.command()(inspect)
+app.command(cls=OptionalValueCommand)(inspect)
 app.command(cls=OptionalValueCommand)(train)
 app.command(cls=OptionalValueCommand)(evaluate)
 app.command(cls=ImagesAfterCkptCommand)(predict)

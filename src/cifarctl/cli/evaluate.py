@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from cifarctl.cli.options import BatchSize, Ckpt, DataChoice, Device, Json, Offline, Verify, checkpoint_path
-from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
+from cifarctl.cli.options import (BatchSize, Ckpt, DataChoice, Device, Json, ModelArg, ModelKwargs, NumClasses, Offline,
+                                  Verify, checkpoint_path)
+from cifarctl.cli.options import model_kwargs as parse_kwargs
+from cifarctl.cli.render import RichProgress, err_console, handle_errors, noted_warnings, out_console, print_json
 
 if TYPE_CHECKING:
     from cifarctl.evaluation import EvalResult
@@ -17,8 +19,10 @@ if TYPE_CHECKING:
 
 @handle_errors
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Model name, e.g. vgg16 or resnet50.")],
+    model: ModelArg,
     ckpt: Ckpt = None,
+    model_kwargs: ModelKwargs = None,
+    num_classes: NumClasses = None,
     device: Device = "auto",
     batch_size: BatchSize = 100,
     data: DataChoice = "cifar10",
@@ -38,20 +42,24 @@ def evaluate(
       cifarctl evaluate resnet50 --ckpt resnet50_285.pt --json
 
       cifarctl evaluate airbench94 --ckpt --tta 2      (flip and shift test-time augmentation)
+
+      cifarctl evaluate my_resnet.py:ResNet50 --ckpt resnet50_285.pt   (your own code, the course's weights)
     """
     err = err_console()
     from cifarctl.cli.data import load_data
     from cifarctl.device import describe_device, resolve_device
     from cifarctl.evaluation import evaluate as run_evaluation
-    from cifarctl.models import create_model
+    from cifarctl.models.spec import check_spec
 
-    create_model(model)  # an unknown name fails here, before any data is loaded
+    check_spec(model)  # an unknown name fails here, before any data is loaded
+    kwargs = parse_kwargs(model_kwargs)
     chosen = resolve_device(device)  # and a device that is not there
     path = checkpoint_path(model, ckpt)
     dataset = load_data(data, offline, quiet=json_output, verify=verify)
     err.print(f"evaluating {model} from {path} on {describe_device(chosen)}")
-    result = run_evaluation(model, path, dataset, device=device, batch_size=batch_size or 100, amp=amp,
-                            progress=RichProgress(err), tta=tta)
+    with noted_warnings(err):
+        result = run_evaluation(model, path, dataset, device=device, batch_size=batch_size or 100, amp=amp,
+                                progress=RichProgress(err), tta=tta, model_kwargs=kwargs, num_classes=num_classes)
     if plot is not None:
         from cifarctl.plots import plot_confusion
 

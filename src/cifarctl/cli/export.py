@@ -7,16 +7,19 @@ from typing import Annotated
 
 import typer
 
-from cifarctl.cli.options import Ckpt, Json, checkpoint_path
-from cifarctl.cli.render import err_console, handle_errors, out_console, print_json
+from cifarctl.cli.options import Ckpt, Json, ModelArg, ModelKwargs, NumClasses, checkpoint_path
+from cifarctl.cli.options import model_kwargs as parse_kwargs
+from cifarctl.cli.render import err_console, handle_errors, noted_warnings, out_console, print_json
 
 
 @handle_errors
 def export(
-    model: Annotated[str, typer.Argument(help="Model name, e.g. airbench94 or vgg16.")],
+    model: ModelArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (replaced atomically).")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="onnx (dynamic batch axis), safetensors (state_dict) or torchscript.")] = "onnx",
     ckpt: Ckpt = None,
+    model_kwargs: ModelKwargs = None,
+    num_classes: NumClasses = None,
     json_output: Json = False,
 ) -> None:
     """Export a checkpoint to ONNX, safetensors or TorchScript, with the model name, classes, mean and std.
@@ -31,13 +34,14 @@ def export(
 
       cifarctl export vgg16 --ckpt vgg16_250.pt --format safetensors --out vgg16.safetensors
     """
-    from cifarctl.models import model_card
+    from cifarctl.models.spec import check_spec
     from cifarctl.serving.export import export_model
     from cifarctl.serving.inference import load_trained
 
-    model_card(model)  # an unknown name fails here, with close matches
+    check_spec(model)  # an unknown name fails here, with close matches
     path = checkpoint_path(model, ckpt)
-    trained = load_trained(model, path, "cpu")
+    with noted_warnings(err_console()):
+        trained = load_trained(model, path, "cpu", parse_kwargs(model_kwargs), num_classes)
     result = export_model(trained, fmt.lower(), out.expanduser())
     if json_output:
         print_json({"model": model, "checkpoint": str(path), **result.to_dict()})

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+
+from cifarctl.cli.options import ModelKwargs
+from cifarctl.cli.options import model_kwargs as parse_kwargs
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -25,6 +28,7 @@ def inspect(
     batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Images in the traced batch (default 2: a batch of 1 hides code that bakes the batch size in).")] = None,
     depth: Annotated[Optional[int], typer.Option("--depth", min=0, help="Show modules nested at most this deep.")] = None,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", min=1, help="Build the model with this many classes (passed as num_classes=).")] = None,
+    model_kwargs: ModelKwargs = None,
     json_output: Json = False,
 ) -> None:
     """Show each layer's shapes, parameters and MACs; if the shapes stop fitting, say where, why and how to fix it.
@@ -45,7 +49,7 @@ def inspect(
     from cifarctl.trace import inspect_model, parse_input_shape
 
     shape = parse_input_shape(input_shape, batch)
-    name, factory = resolve_model(model, num_classes)
+    name, factory = resolve_model(model, num_classes, parse_kwargs(model_kwargs))
     result = inspect_model(factory, shape, name=name)
     if json_output:
         print_json(result.to_json())

@@ -11,7 +11,7 @@ from cifarctl.cli.render import handle_errors, out_console, print_json
 @handle_errors
 def models(json_output: Json = False) -> None:
     """List the models `train`, `evaluate` and `inspect` know, with their recipes (`train MODEL --recipe NAME`;
-    the first is the default).
+    the first is the default), and the default recipe of a model of your own (FILE.py:Name).
 
     Examples:
 
@@ -32,6 +32,7 @@ def models(json_output: Json = False) -> None:
     for r in rows:
         for i, recipe in enumerate(r.recipes):
             label = f"[bold]{recipe['name']}[/]{' (default)' if i == 0 and len(r.recipes) > 1 else ''}: {recipe['summary']}"
-            first = (r.name, f"{r.params:,}", f"{r.macs / 1e6:,.1f} M") if i == 0 else ("", "", "")
+            sized = (f"{r.params:,}", f"{r.macs / 1e6:,.1f} M") if r.params else ("yours", "yours")
+            first = (r.name, *sized) if i == 0 else ("", "", "")
             table.add_row(*first, label, recipe["reference"])
     out_console().print(table)

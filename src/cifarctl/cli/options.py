@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+import copy
+from typing import Annotated, Any, Optional, get_args
 
 import typer
 from typer.core import TyperCommand
@@ -15,6 +16,38 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on std
 DataChoice = Annotated[str, typer.Option("--data", help="cifar10 (the cached dataset) or fake (random data, no download).")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: a new one under the checkpoints root).")]
+
+ModelArg = Annotated[str, typer.Argument(
+    help="A registered model (`cifarctl models`), your own path/to/file.py:ClassName (or a function "
+                          "returning the model), package.module:name, or torchvision:NAME.")]
+ModelKwargs = Annotated[Optional[list[str]], typer.Option(
+    "--model-kwargs", help="Constructor arguments of MODEL as KEY=VALUE (values read as Python literals where they "
+                           "parse, else strings); repeat it, or give several after it. Default: those the run recorded.")]
+NumClasses = Annotated[Optional[int], typer.Option(
+    "--num-classes", min=1, help="Pass num_classes=N to MODEL's constructor (default: the data's, where it takes one).")]
+
+
+# The panels of a long help (`train --help`), in the order they are shown; other panels come first, and the
+# options without one ("--help") last.
+PANELS = ("Model", "Schedule and optimizer", "Augmentation", "Evaluation", "Speed", "Run and output")
+
+
+def in_panel(option: Any, panel: str) -> Any:
+    """A shared ``Annotated`` option shown under ``panel`` in a command's help (``rich_help_panel``)."""
+    base, info = get_args(option)[:2]
+    placed = copy.copy(info)
+    placed.rich_help_panel = panel
+    return Annotated[base, placed]
+
+
+def model_kwargs(items: list[str] | None) -> dict[str, Any] | None:
+    """``--model-kwargs`` as a dict; None when not given (then a checkpoint's recorded ones apply)."""
+    if not items:
+        return None
+    from cifarctl.models.spec import parse_model_kwargs
+
+    return parse_model_kwargs(items)
+
 
 # Sentinel for an option given without its value (``--ckpt`` alone means "the newest checkpoint").
 NEWEST = "\0newest"
@@ -45,9 +78,34 @@ class OptionalValueCommand(TyperCommand):
         """Whether the argument after a bare-able option is its value."""
         return not following.startswith("-")
 
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        """Options in the panels their ``rich_help_panel`` names (a plain-text help, as git groups its
+        options); arguments first, then the options without a panel, then each panel in order of appearance."""
+        arguments = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx) if param.param_type_name == "argument" else None
+            if record:  # as Typer shows them: MODEL, not model
+                arguments.append((record[0].replace(param.name or "", (param.name or "").upper(), 1), record[1]))
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        panels: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record and param.param_type_name != "argument":
+                panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
+        order = [*PANELS, "Options"]
+        for panel, records in sorted(panels.items(), key=lambda item: order.index(item[0]) if item[0] in order else 0):
+            with formatter.section(panel):
+                formatter.write_dl(records)
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         rewritten: list[str] = []
         for i, arg in enumerate(args):
+            # timm's `--model-kwargs a=1 b=2`: every KEY=VALUE after the flag's first value is one of its values.
+            if "=" in arg and not arg.startswith("-") and rewritten[-2:-1] == ["--model-kwargs"]:
+                rewritten += ["--model-kwargs", arg]
+                continue
             rewritten.append(arg)
             if arg in self.optional_value and (i + 1 == len(args) or not self.takes_value(args[i + 1])):
                 rewritten.append(NEWEST)

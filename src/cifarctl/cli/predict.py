@@ -8,15 +8,18 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cifarctl.cli.options import Ckpt, Device, Json, checkpoint_path
-from cifarctl.cli.render import err_console, handle_errors, out_console, print_json
+from cifarctl.cli.options import Ckpt, Device, Json, ModelArg, ModelKwargs, NumClasses, checkpoint_path
+from cifarctl.cli.options import model_kwargs as parse_kwargs
+from cifarctl.cli.render import err_console, handle_errors, noted_warnings, out_console, print_json
 
 
 @handle_errors
 def predict(
-    model: Annotated[str, typer.Argument(help="Model name, e.g. airbench94 or vgg16.")],
+    model: ModelArg,
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, anything PIL reads) or folders (read recursively, in sorted order).")],
     ckpt: Ckpt = None,
+    model_kwargs: ModelKwargs = None,
+    num_classes: NumClasses = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show per image.")] = 3,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over flips and 1-pixel shifts (TTA level 2). Default: the level the checkpoint's run reported with.")] = None,
     device: Device = "cpu",
@@ -35,14 +38,15 @@ def predict(
 
       cifarctl predict vgg16 --ckpt vgg16_250.pt photos/ --top-k 1 --json
     """
-    from cifarctl.models import model_card
+    from cifarctl.models.spec import check_spec
     from cifarctl.serving.inference import predict as run_predict
 
-    model_card(model)  # an unknown name fails here, with close matches
+    check_spec(model)  # an unknown name fails here, with close matches
     path = checkpoint_path(model, ckpt)
-    result = run_predict(model, path, images, top_k=top_k, tta=None if tta is None else (2 if tta else 0),
-                         device=device)
     err = err_console()
+    with noted_warnings(err):
+        result = run_predict(model, path, images, top_k=top_k, tta=None if tta is None else (2 if tta else 0),
+                             device=device, model_kwargs=parse_kwargs(model_kwargs), num_classes=num_classes)
     for failure in result.failures:
         err.print(f"[bold red]error:[/] {failure}", markup=True, highlight=False)
     if json_output:

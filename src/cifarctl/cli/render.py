@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
-from typing import Any, Callable, TypeVar
+import warnings
+from typing import Any, Callable, Iterator, TypeVar
 
 import typer
 from rich.console import Console
@@ -62,6 +64,23 @@ def handle_errors(func: F) -> F:
             raise fail("interrupted", 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def noted_warnings(console: Console) -> Iterator[None]:
+    """The library's warnings about the user's model (its source file changed since training) as yellow notes."""
+    from cifarctl.models.spec import ModelSourceChanged
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ModelSourceChanged)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, ModelSourceChanged):
+                    console.print(f"[yellow]warning:[/] {escape(str(warning.message))}", highlight=False)
+                else:
+                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 class RichProgress:

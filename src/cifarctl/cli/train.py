@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 import typer
 from rich.console import Console
 
-from cifarctl.cli.options import NEWEST, Device, Json, Offline, OutDir, Verify
+from cifarctl.cli.options import (NEWEST, Device, Json, ModelArg, ModelKwargs, NumClasses, Offline, OutDir, Verify,
+                                  in_panel)
+from cifarctl.cli.options import model_kwargs as parse_kwargs
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
 from cifarctl.errors import UsageError
 
@@ -44,58 +46,67 @@ def stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None
 
 Flag = Optional[bool]
 RECIPE = "Default: the model's recipe (`cifarctl models`)."
+# The help's panels, as git and the hf CLI group their options.
+P_MODEL, P_SCHEDULE, P_AUGMENTATION = "Model", "Schedule and optimizer", "Augmentation"
+P_EVALUATION, P_RUN, P_SPEED = "Evaluation", "Run and output", "Speed"
 
 
 @handle_errors
 def train(
-    model: Annotated[str, typer.Argument(help="Model name: vgg16, resnet50, airbench94, resnet18, vgg16_bn.")],
-    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help=f"Epochs to train (total, for a resumed run). {RECIPE}")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=f"Images per step (global under torchrun). {RECIPE}")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate, in --lr-units. {RECIPE}")] = None,
-    head_lr: Annotated[Optional[float], typer.Option("--head-lr", help=f"Peak learning rate of the linear classifier's weights, in --lr-units (default: --lr). {RECIPE}")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps in total.")] = None,
-    recipe: Annotated[Optional[str], typer.Option("--recipe", help="One of MODEL's recipes (`cifarctl models`); flags change single settings of it. Default: its first.")] = None,
-    time_budget: Annotated[Optional[str], typer.Option("--time-budget", help="Fit the run to this long, start-up to result (90s, 5m, 1h): measures a step here, then sets the schedule's length.")] = None,
-    device: Device = "auto",
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds the init, data order, augmentation and --val-split.")] = None,
-    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip evaluation.")] = False,
-    out: OutDir = None,
-    ckpt: Annotated[Optional[str], typer.Option("--ckpt", help="Start from these weights (cifarctl checkpoint or raw course state_dict), with a fresh schedule; bare: MODEL's newest checkpoint.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a run folder at its exact step, with its own settings; bare: MODEL's newest run.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help=f"adam or sgd. {RECIPE}")] = None,
-    momentum: Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum (onecycle: its upper bound).")] = None,
-    nesterov: Annotated[Flag, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (SGD).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay of conv and linear weights.")] = None,
-    norm_weight_decay: Annotated[Optional[float], typer.Option("--norm-weight-decay", help="Weight decay of norm-layer parameters and biases (default 0).")] = None,
-    lr_units: Annotated[Optional[str], typer.Option("--lr-units", help="torch (as torch.optim takes them) or per1024 (airbench's: per 1024 examples of a summed loss).")] = None,
-    lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="none, step (/3 every 20 epochs), cosine, onecycle or triangle.")] = None,
-    warmup_epochs: Annotated[Optional[float], typer.Option("--warmup-epochs", help="Linear ramp length in epochs.")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="Cross-entropy label smoothing.")] = None,
-    translate: Annotated[Optional[int], typer.Option("--translate", min=0, help="Random shifts of up to N pixels (crop of a padded image); 0: none.")] = None,
-    flip: Annotated[Optional[str], typer.Option("--flip", help="random, alternate (each image flipped every other epoch) or none.")] = None,
-    ema: Annotated[Flag, typer.Option("--ema/--no-ema", help="Lookahead: an average of the weights, copied back every 5 steps.")] = None,
-    whiten: Annotated[Flag, typer.Option("--whiten/--no-whiten", help="Initialise the stem from the images' patch covariance (models with a whitening stem).")] = None,
-    tta: Annotated[Optional[int], typer.Option("--tta", min=0, max=2, help="Test-time augmentation of the final evaluation: 0 off, 1 flip, 2 flip and shift.")] = None,
-    eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=0, help=f"Evaluate every N epochs as well as at the end, on the test split (or --val-split's images); 0: only at the end. {RECIPE}")] = None,
-    val_split: Annotated[Optional[int], typer.Option("--val-split", min=0, help="Hold out N training images (stratified) to choose best.pt; the test set is scored once, at the end.")] = None,
-    save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help="Checkpoint every N steps (default: every 3 minutes) and at each epoch end.")] = None,
-    log_every: Annotated[Optional[int], typer.Option("--log-every", min=1, help="Optimizer steps between the step records of metrics.jsonl (default 50).")] = None,
-    amp: Annotated[Flag, typer.Option("--amp/--no-amp", help="Mixed-precision training: bf16 (or fp16) on CUDA, bf16 on CPUs that compute it natively (default on).")] = None,
-    eval_amp: Annotated[Flag, typer.Option("--eval-amp/--no-eval-amp", help="Mixed-precision evaluation (default off: fp32, as `cifarctl evaluate`).")] = None,
-    tensorboard: Annotated[Flag, typer.Option("--tensorboard/--no-tensorboard", help="Also write the scalars of metrics.jsonl to RUN/tensorboard/ (pip install 'cifarctl[tensorboard]').")] = None,
-    channels_last: Annotated[Flag, typer.Option("--channels-last/--no-channels-last", help="Memory format (default: on for CUDA and for CPU bf16).")] = None,
-    compile_model: Annotated[Flag, typer.Option("--compile", help="torch.compile the model.")] = None,
-    sync_bn: Annotated[Flag, typer.Option("--sync-bn", help="Under torchrun: BatchNorm statistics over the global batch.")] = None,
-    plot: Annotated[bool, typer.Option("--plot", help="Draw learning curves into the run folder (curves.png).")] = False,
-    data: Annotated[Optional[str], typer.Option("--data", help="cifar10 (the cached dataset) or fake (random data, no download).")] = None,
-    offline: Offline = False,
-    verify: Verify = False,
-    json_output: Json = False,
+    model: ModelArg,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help=f"Epochs to train (total, for a resumed run). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=f"Images per step (global under torchrun). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate, in --lr-units. {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
+    head_lr: Annotated[Optional[float], typer.Option("--head-lr", help=f"Peak learning rate of the classifier (the final linear layer's weights), in --lr-units (default: --lr). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps in total.", rich_help_panel=P_SCHEDULE)] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="One of MODEL's recipes (`cifarctl models`), or for your own model a built-in's (onecycle, resnet18:onecycle); flags change single settings of it. Default: MODEL's first.", rich_help_panel=P_MODEL)] = None,
+    time_budget: Annotated[Optional[str], typer.Option("--time-budget", help="Fit the run to this long, start-up to result (90s, 5m, 1h): measures a step here, then sets the schedule's length.", rich_help_panel=P_SCHEDULE)] = None,
+    device: in_panel(Device, P_SPEED) = "auto",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds the init, data order, augmentation and --val-split.", rich_help_panel=P_SCHEDULE)] = None,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip evaluation.", rich_help_panel=P_EVALUATION)] = False,
+    out: in_panel(OutDir, P_RUN) = None,
+    ckpt: Annotated[Optional[str], typer.Option("--ckpt", help="Start from these weights (cifarctl checkpoint or raw course state_dict), with a fresh schedule; bare: MODEL's newest checkpoint.", rich_help_panel=P_MODEL)] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a run folder at its exact step, with its own settings; bare: MODEL's newest run.", rich_help_panel=P_MODEL)] = None,
+    model_kwargs: in_panel(ModelKwargs, P_MODEL) = None,
+    num_classes: in_panel(NumClasses, P_MODEL) = None,
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help=f"adam or sgd. {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
+    momentum: Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum (onecycle: its upper bound).", rich_help_panel=P_SCHEDULE)] = None,
+    nesterov: Annotated[Flag, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (SGD).", rich_help_panel=P_SCHEDULE)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay of conv and linear weights.", rich_help_panel=P_SCHEDULE)] = None,
+    norm_weight_decay: Annotated[Optional[float], typer.Option("--norm-weight-decay", help="Weight decay of norm-layer parameters and biases (default 0).", rich_help_panel=P_SCHEDULE)] = None,
+    lr_units: Annotated[Optional[str], typer.Option("--lr-units", help="torch (as torch.optim takes them) or per1024 (airbench's: per 1024 examples of a summed loss).", rich_help_panel=P_SCHEDULE)] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="none, step (/3 every 20 epochs), cosine, onecycle or triangle.", rich_help_panel=P_SCHEDULE)] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option("--warmup-epochs", help="Linear ramp length in epochs.", rich_help_panel=P_SCHEDULE)] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="Cross-entropy label smoothing.", rich_help_panel=P_SCHEDULE)] = None,
+    translate: Annotated[Optional[int], typer.Option("--translate", min=0, help="Random shifts of up to N pixels (crop of a padded image); 0: none.", rich_help_panel=P_AUGMENTATION)] = None,
+    flip: Annotated[Optional[str], typer.Option("--flip", help="random, alternate (each image flipped every other epoch) or none.", rich_help_panel=P_AUGMENTATION)] = None,
+    ema: Annotated[Flag, typer.Option("--ema/--no-ema", help="Lookahead: an average of the weights, copied back every 5 steps.", rich_help_panel=P_SCHEDULE)] = None,
+    whiten: Annotated[Flag, typer.Option("--whiten/--no-whiten", help="Initialise the stem from the images' patch covariance (models with a whitening stem).", rich_help_panel=P_AUGMENTATION)] = None,
+    tta: Annotated[Optional[int], typer.Option("--tta", min=0, max=2, help="Test-time augmentation of the final evaluation: 0 off, 1 flip, 2 flip and shift.", rich_help_panel=P_EVALUATION)] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=0, help=f"Evaluate every N epochs as well as at the end, on the test split (or --val-split's images); 0: only at the end. {RECIPE}", rich_help_panel=P_EVALUATION)] = None,
+    val_split: Annotated[Optional[int], typer.Option("--val-split", min=0, help="Hold out N training images (stratified) to choose best.pt; the test set is scored once, at the end.", rich_help_panel=P_EVALUATION)] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help="Checkpoint every N steps (default: every 3 minutes) and at each epoch end.", rich_help_panel=P_RUN)] = None,
+    log_every: Annotated[Optional[int], typer.Option("--log-every", min=1, help="Optimizer steps between the step records of metrics.jsonl (default 50).", rich_help_panel=P_RUN)] = None,
+    amp: Annotated[Flag, typer.Option("--amp/--no-amp", help="Mixed-precision training: bf16 (or fp16) on CUDA, bf16 on CPUs that compute it natively (default on).", rich_help_panel=P_SPEED)] = None,
+    eval_amp: Annotated[Flag, typer.Option("--eval-amp/--no-eval-amp", help="Mixed-precision evaluation (default off: fp32, as `cifarctl evaluate`).", rich_help_panel=P_EVALUATION)] = None,
+    tensorboard: Annotated[Flag, typer.Option("--tensorboard/--no-tensorboard", help="Also write the scalars of metrics.jsonl to RUN/tensorboard/ (pip install 'cifarctl[tensorboard]').", rich_help_panel=P_RUN)] = None,
+    channels_last: Annotated[Flag, typer.Option("--channels-last/--no-channels-last", help="Memory format (default: on for CUDA and for CPU bf16).", rich_help_panel=P_SPEED)] = None,
+    compile_model: Annotated[Flag, typer.Option("--compile", help="torch.compile the model.", rich_help_panel=P_SPEED)] = None,
+    sync_bn: Annotated[Flag, typer.Option("--sync-bn", help="Under torchrun: BatchNorm statistics over the global batch.", rich_help_panel=P_SPEED)] = None,
+    plot: Annotated[bool, typer.Option("--plot", help="Draw learning curves into the run folder (curves.png).", rich_help_panel=P_RUN)] = False,
+    data: Annotated[Optional[str], typer.Option("--data", help="cifar10 (the cached dataset) or fake (random data, no download).", rich_help_panel=P_RUN)] = None,
+    offline: in_panel(Offline, P_RUN) = False,
+    verify: in_panel(Verify, P_RUN) = False,
+    json_output: in_panel(Json, P_RUN) = False,
 ) -> None:
     """Train MODEL with its own recipe: the course's (Adam + cross-entropy) for vgg16 and resnet50.
 
     Defaults depend on the model (see `cifarctl models`); each flag given changes that one setting,
-    and config.json in the run folder records every value used.
+    and config.json in the run folder records every value used. A model of your own (FILE.py:Name,
+    package.module:name, torchvision:NAME) trains with the `default` recipe: Nesterov SGD on a
+    onecycle schedule, lr 0.2 at batch 512 for 40 epochs, its final linear layer (the classifier)
+    at head lr 0.01, and lr 0.02 for a model without normalisation layers; --recipe takes a built-in
+    model's recipe instead (course, onecycle).
 
     Examples:
 
@@ -108,13 +119,15 @@ def train(
       cifarctl train vgg16 --ckpt vgg16_250.pt --epochs 1     (the course's "one more epoch")
 
       cifarctl train resnet50 --resume                         (continue the newest run)
+
+      cifarctl train models/shufflenetv2.py:ShuffleNetV2 --model-kwargs net_size=0.5 --time-budget 10m
     """
     # torch loads here, not at start-up, so `--help` and completion answer at once.
     import cifarctl.cli
     from cifarctl import distributed as ddp
     from cifarctl.cli.data import load_data
     from cifarctl.device import describe_device, resolve_device
-    from cifarctl.models import model_card
+    from cifarctl.models.spec import check_spec, display_name
     from cifarctl.run.checkpoint import find_latest
     from cifarctl.run.folder import latest_run_dir
     from cifarctl.training import RunStart, TrainingInterrupted, request_run
@@ -122,7 +135,7 @@ def train(
     from cifarctl.training import train as run_training
     from cifarctl.training.budget import format_duration, parse_duration
 
-    model_card(model)  # an unknown name fails here, with close matches, before anything is read or built
+    check_spec(model)  # an unknown name fails here, with close matches, before anything is read or built
     clock = cifarctl.cli.PROCESS_STARTED or time.monotonic()  # a time budget counts from the process's start
     if time_budget is not None and (epochs is not None or max_steps is not None):
         raise UsageError("--time-budget chooses the run's length: drop --epochs and --max-steps")
@@ -134,7 +147,8 @@ def train(
         tensorboard=tensorboard,
         channels_last=channels_last, compile=compile_model, sync_bn=sync_bn,
         max_steps=max_steps, save_every=save_every, log_every=log_every, device=device if device != "auto" else None,
-        eval=False if no_eval else None, time_budget=parse_duration(time_budget) if time_budget is not None else None)
+        eval=False if no_eval else None, time_budget=parse_duration(time_budget) if time_budget is not None else None,
+        model_options=parse_kwargs(model_kwargs), num_classes=num_classes)
     if resume is not None and ckpt is not None:
         raise UsageError("--resume continues a run with its own weights; --ckpt starts a new one: give one of them")
     init_from = None if ckpt is None else find_latest(model) if ckpt == NEWEST else Path(ckpt).expanduser()
@@ -159,7 +173,7 @@ def train(
 
     def announce(start: RunStart) -> None:
         if start.resumed:
-            err.print(f"resuming {cfg.model} from {start.run_dir} on {describe_device(chosen)}")
+            err.print(f"resuming {display_name(cfg.model)} from {start.run_dir} on {describe_device(chosen)}")
             return
         processes = f" on {start.world_size} processes" if start.world_size > 1 else ""
         err.print(f"training {model}{processes} on {describe_device(chosen)}; run folder: {start.run_dir}")
@@ -180,7 +194,7 @@ def train(
         progress.finish()
         name = signal.Signals(received[0]).name if received else "a stop request"
         err.print(f"[yellow]{name}: saved step {exc.global_step} to {exc.run_dir / 'last.pt'}[/]")
-        err.print(f"resume with: cifarctl train {cfg.model} --resume {shlex.quote(str(exc.run_dir))}")
+        err.print(f"resume with: cifarctl train {shlex.quote(cfg.model)} --resume {shlex.quote(str(exc.run_dir))}")
         code = 128 + received[0] if received else 1
         raise typer.Exit(code) from None
     if not is_main:
@@ -195,11 +209,11 @@ def train(
     if json_output:
         print_json(_result_dict(result))
     else:
-        _render(result)
+        _render(result, display_name(result.model))
     if result.budget and resume is None:  # a resumed run's clock started with this process: no total to give
         spent = time.monotonic() - clock
         err.print(f"time budget {format_duration(result.budget['budget_s'])}: {result.budget['epochs']:.1f} epochs "
-                  f"of {result.model}, finished in {format_duration(spent)}", highlight=False)
+                  f"of {display_name(result.model)}, finished in {format_duration(spent)}", highlight=False)
 
 
 def _result_dict(result: TrainResult) -> dict[str, Any]:
@@ -216,13 +230,13 @@ def _result_dict(result: TrainResult) -> dict[str, Any]:
 
 
 
-def _render(result: TrainResult) -> None:
+def _render(result: TrainResult, name: str) -> None:
     console = out_console()
     full = f"{result.epochs_completed} full epoch{'' if result.epochs_completed == 1 else 's'}"
     if result.finished_before:
-        console.print(f"[bold]{result.model}[/]: finished run, {result.global_step:,} steps ({full})")
+        console.print(f"[bold]{name}[/]: finished run, {result.global_step:,} steps ({full})")
     else:
-        console.print(f"[bold]{result.model}[/] on {result.device}: {result.global_step:,} steps ({full}) "
+        console.print(f"[bold]{name}[/] on {result.device}: {result.global_step:,} steps ({full}) "
                       f"in {result.seconds:,.1f}s, "
                       f"{result.images_per_s:,.0f} img/s")
     console.print(f"train loss {result.train_loss:.4f} · train accuracy {result.train_accuracy:.2f}%")

@@ -41,6 +41,14 @@ SGD_ONECYCLE_RECIPE: dict = {
 }
 
 
+# The recipe a model named by a spec starts from (your own file, package.module:name, torchvision:NAME):
+# the built-in CNNs' onecycle recipe, whose lessons hold for any classifier: a ramp no steeper than
+# 50 steps' (so a short run peaks lower, never faster), and the classifier, the model's final linear
+# layer, at a twentieth of the lr. A model without normalisation layers has no layer behind
+# BatchNorm: every layer is like the classifier, so all of it trains at ``lr_without_norm``.
+SPEC_RECIPE_VALUES: dict = {**SGD_ONECYCLE_RECIPE, "lr_without_norm": 0.02}
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A named way to train a model: ``TrainConfig`` values, and what they are known to reach."""
@@ -52,6 +60,9 @@ class Recipe:
 
 
 COURSE = Recipe("course", summary="the course's recipe")
+SPEC_DEFAULT = Recipe("default", SPEC_RECIPE_VALUES,
+                      reference="measured here: a LeNet-5 file (no BatchNorm) 48.35% with --time-budget 2m on a "
+                                "2-core CPU, JPEG copy (docs/accuracy.md)")
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class ModelCard:
     name: str
     factory: ModelFactory
     recipes: tuple[Recipe, ...] = (COURSE,)
+    borrows: bool = False  # a spec's card: it may take a built-in model's recipe by name
 
     @property
     def default(self) -> Recipe:
@@ -76,14 +88,24 @@ class ModelCard:
         return self.default.reference
 
     def get_recipe(self, name: str | None) -> Recipe:
-        """The recipe called ``name`` (None: the default); an unknown name fails with the choices."""
+        """The recipe called ``name`` (None: the default); an unknown name fails with the choices.
+
+        A model named by a spec may also take a built-in model's recipe: ``onecycle``, or ``MODEL:RECIPE``.
+        """
         if name is None:
             return self.default
         for recipe in self.recipes:
             if recipe.name == name:
                 return recipe
+        if self.borrows:
+            borrowed = builtin_recipe(name)
+            if borrowed is not None:
+                return borrowed
         names = ", ".join(r.name for r in self.recipes)
-        raise UsageError(f"{self.name} has no recipe {name!r}: choose one of {names} (`cifarctl models` lists them)")
+        more = (", or a built-in model's: " + ", ".join(sorted({f"{c.name}:{r.name}" for c in _REGISTRY.values()
+                                                                for r in c.recipes}))) if self.borrows else ""
+        raise UsageError(f"{self.name} has no recipe {name!r}: choose one of {names}{more} (`cifarctl models` "
+                         "lists them)")
 
 
 _REGISTRY: dict[str, ModelCard] = {}
@@ -132,11 +154,23 @@ def unknown_model_message(name: str) -> str:
 
 
 def model_card(name: str) -> ModelCard:
-    """The registry entry of ``name``; an unknown name fails with close matches."""
+    """The registry entry of ``name``; an unknown name fails with close matches (``cifarctl.models.model_card``
+    also gives a card for a spec of your own model)."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UsageError(unknown_model_message(name)) from None
+        raise UsageError(unknown_model_message(name) + " (or give path/to/file.py:ClassName, package.module:name "
+                         "or torchvision:NAME)") from None
+
+
+def builtin_recipe(name: str) -> Recipe | None:
+    """A registered model's recipe by ``RECIPE`` (the first model that has one of that name) or ``MODEL:RECIPE``."""
+    model, _, recipe = name.rpartition(":")
+    for card in ([_REGISTRY[model]] if model in _REGISTRY else [] if model else list(_REGISTRY.values())):
+        for candidate in card.recipes:
+            if candidate.name == recipe:
+                return candidate
+    return None
 
 
 def default_recipe(name: str, recipe: str | None = None) -> dict[str, Any]:

@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import inspect
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
 from cifarctl.errors import UsageError, first_line
 from cifarctl.models.registry import create_model, is_model, unknown_model_message
 
+_LOADED: dict[tuple[str, str], ModuleType] = {}  # (resolved path, sha256) -> module: a file runs once per process
+
 
 def _load_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
+    key = (str(path.resolve()), hashlib.sha256(path.read_bytes()).hexdigest())
+    if key not in _LOADED:
+        _LOADED[key] = _import_file(path)
+    return _LOADED[key]
+
+
+def _import_file(path: Path) -> ModuleType:
     module_name = f"cifarctl_user_{path.stem}_{abs(hash(path.resolve()))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -59,6 +70,15 @@ def _where(exc: BaseException, path: Path | None) -> str:
     return f"{shown}:{frame.lineno}{line}"
 
 
+def accepts(obj: Callable[..., object], name: str) -> bool:
+    """Whether calling ``obj`` may pass the keyword ``name`` (a parameter of that name, or ``**kwargs``)."""
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _candidates(module: ModuleType) -> list[str]:
     return [name for name, obj in vars(module).items()
             if (inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__)
@@ -87,26 +107,61 @@ def _torchvision(name: str, num_classes: int | None) -> Callable[[], nn.Module]:
     return factory
 
 
-def _accepts_num_classes(obj: Callable[..., object]) -> bool:
-    try:
-        params = inspect.signature(obj).parameters
-    except (TypeError, ValueError):
-        return False
-    return "num_classes" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+@dataclass
+class Target:
+    """What a spec names, resolved: the class or function, and where it lives."""
+
+    spec: str
+    obj: Callable[..., Any]
+    qualname: str
+    path: Path | None = None     # the file of a file spec
+    file: str | None = None      # the Python file the code lives in (file and module specs)
+
+    def check(self, kwargs: dict[str, Any]) -> None:
+        """Fail in one line, before building, when ``obj`` cannot be called with ``kwargs`` (a missing argument)."""
+        try:
+            inspect.signature(self.obj).bind(**kwargs)
+        except TypeError as exc:
+            given = f"with {_shown(kwargs)}" if kwargs else "without arguments"
+            raise UsageError(f"{self.spec} cannot be built {given} ({exc}): give its arguments with "
+                             "--model-kwargs KEY=VALUE, or wrap it in a function that returns the model") from None
+        except ValueError:
+            pass   # no signature to read (a builtin): calling it will tell
+
+    def build(self, kwargs: dict[str, Any]) -> nn.Module:
+        """``obj(**kwargs)``, checked: a missing argument, a bug in the constructor, a result that is no nn.Module
+        are one line each, naming the file and line."""
+        self.check(kwargs)
+        try:
+            model = self.obj(**kwargs)
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (a bug in the user's constructor is reported, not raised)
+            raise UsageError(f"building {self.spec} failed at {_where(exc, self.path)}: {_what(exc)}") from None
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"{self.spec} returned {type(model).__name__}, not an nn.Module")
+        return model
 
 
-def resolve_model(spec: str, num_classes: int | None = None) -> tuple[str, Callable[[], nn.Module]]:
-    """``(display name, factory)`` for a registered name, ``torchvision:NAME``, or a ``file.py:Name`` /
-    ``module:Name`` spec.
+def _shown(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
-    The factory builds the model with no arguments, or with ``num_classes`` where given (refused by
-    a model that takes none). Usage: ``name, make = resolve_model("torchvision:resnet18", 10)``
-    """
-    extra = {} if num_classes is None else {"num_classes": num_classes}
-    if is_model(spec):
-        return spec, lambda: create_model(spec, **extra)
+
+def resolve_callable(spec: str) -> Target:
+    """The class or function a ``file.py:Name``, ``module:name`` or ``torchvision:NAME`` spec names (importing
+    the file or module the user named; a file already imported in this process is not run again)."""
     if spec.startswith("torchvision:"):
-        return spec, _torchvision(spec.partition(":")[2], num_classes)
+        import torchvision.models
+
+        name = spec.partition(":")[2]
+        _torchvision(name, None)  # an unknown name fails here, with close matches
+        builder = torchvision.models.get_model_builder(name)
+
+        def build(**kwargs: Any) -> nn.Module:
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+
+        build.__signature__ = inspect.signature(builder)  # type: ignore[attr-defined]
+        return Target(spec, build, f"{builder.__module__}.{builder.__qualname__}")
     if ":" not in spec:
         raise UsageError(unknown_model_message(spec) + " (or give path/to/file.py:ClassName)")
     where, _, attr = spec.rpartition(":")
@@ -127,26 +182,25 @@ def resolve_model(spec: str, num_classes: int | None = None) -> tuple[str, Calla
         raise UsageError(f"{where} has no {attr!r}{hint}")
     if not callable(obj):
         raise UsageError(f"{spec} is not an nn.Module class or a function returning one")
+    file = str(path.resolve()) if path is not None else getattr(module, "__file__", None)
+    return Target(spec, obj, getattr(obj, "__qualname__", attr), path, file)
 
-    if num_classes is not None and not _accepts_num_classes(obj):
+
+def resolve_model(spec: str, num_classes: int | None = None,
+                  kwargs: dict[str, Any] | None = None) -> tuple[str, Callable[[], nn.Module]]:
+    """``(display name, factory)`` for a registered name, ``torchvision:NAME``, or a ``file.py:Name`` /
+    ``module:Name`` spec.
+
+    The factory builds the model with ``kwargs`` (``--model-kwargs``), and ``num_classes`` where given
+    (refused by a model that takes none). Usage: ``name, make = resolve_model("torchvision:resnet18", 10)``
+    """
+    extra = {**(kwargs or {}), **({} if num_classes is None else {"num_classes": num_classes})}
+    if is_model(spec):
+        return spec, lambda: create_model(spec, **extra)
+    if spec.startswith("torchvision:") and not kwargs:
+        return spec, _torchvision(spec.partition(":")[2], num_classes)
+    target = resolve_callable(spec)
+    if num_classes is not None and not accepts(target.obj, "num_classes"):
         raise UsageError(f"{spec} takes no num_classes argument, so --num-classes cannot be passed")
-    try:
-        inspect.signature(obj).bind(**extra)
-    except TypeError as exc:
-        raise UsageError(f"{spec} cannot be built without arguments ({exc}); wrap it in a function "
-                         "that returns the model") from None
-    except ValueError:
-        pass   # no signature to read (a builtin): calling it will tell
-
-    def factory() -> nn.Module:
-        try:
-            model = obj(**extra)
-        except UsageError:
-            raise
-        except Exception as exc:  # noqa: BLE001  (a bug in the user's constructor is reported, not raised)
-            raise UsageError(f"building {spec} failed at {_where(exc, path)}: {_what(exc)}") from None
-        if not isinstance(model, nn.Module):
-            raise UsageError(f"{spec} returned {type(model).__name__}, not an nn.Module")
-        return model
-
-    return spec, factory
+    target.check(extra)  # a missing argument fails here, before anything is traced
+    return spec, lambda: target.build(extra)

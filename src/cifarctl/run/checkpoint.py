@@ -145,7 +145,8 @@ def verify_container(path: Path) -> None:
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Read a checkpoint to CPU. A raw state_dict comes back as ``{"model": sd, "model_name": None}``.
+    """Read a checkpoint to CPU. A raw state_dict, or one wrapped as ``{"state_dict": sd, ...}``, comes back as
+    ``{"model": sd, "model_name": None}``.
 
     The file is checked first (``verify_container``); then it is read with ``weights_only=True``,
     so files that would need to run code to load are refused, never executed.
@@ -170,6 +171,8 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
         return obj
     if isinstance(obj, dict) and _is_state_dict(obj):
         return {"model": obj, "model_name": None}
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and _is_state_dict(obj["state_dict"]):
+        return {"model": obj["state_dict"], "model_name": None}  # {"state_dict": ..., "epoch": ...}, as many scripts save
     raise CheckpointError(f"{path} is neither a cifarctl checkpoint nor a state_dict (a dict of tensors)")
 
 
@@ -205,16 +208,24 @@ def upgrade_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) ->
 
 
 def load_weights(model: nn.Module, model_name: str, checkpoint: dict[str, Any], source: Path | str,
-                 check_finite: bool = True) -> None:
+                 check_finite: bool = True, model_source: Any = None) -> None:
     """Load ``checkpoint["model"]`` into ``model`` strictly, with a message that says what does not fit.
 
-    Weights with NaN or Inf (a diverged run) are refused unless ``check_finite=False``.
+    Weights with NaN or Inf (a diverged run) are refused unless ``check_finite=False``. ``model_source``
+    (a ``models.spec.ModelSource``): where ``model``'s code came from; when the checkpoint recorded
+    another version of that file, a mismatch says so, and weights that still fit load with a warning.
     """
+    from cifarctl.models import is_model
+    from cifarctl.models.spec import ModelSource, ModelSourceChanged, describe_source_change
+
     state_dict = upgrade_state_dict(model, _strip_prefix(checkpoint["model"]))
     saved_name = checkpoint.get("model_name")
-    if saved_name and saved_name != model_name:
+    if saved_name and saved_name != model_name and is_model(saved_name) and is_model(model_name):
         raise CheckpointError(f"{source} is a {saved_name} checkpoint, not {model_name}: "
                               f"use `{saved_name}` or another checkpoint")
+    changed = describe_source_change(ModelSource.from_dict(checkpoint.get("model_source")), model_source) \
+        if model_source is not None else None
+    also = f"; {changed}" if changed else ""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -227,22 +238,30 @@ def load_weights(model: nn.Module, model_name: str, checkpoint: dict[str, Any], 
             f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}" if unexpected else "",
         ) if part)
         raise CheckpointError(f"{source} does not fit {model_name} ({len(missing)} missing, "
-                              f"{len(unexpected)} unexpected keys: {detail})")
-    for key, tensor in expected.items():
-        got, want = tuple(state_dict[key].shape), tuple(tensor.shape)
-        if got != want:
-            classes = _classes_mismatch(model, key, got, want)
-            if classes:
-                raise CheckpointError(f"{source} was trained for {classes[0]} classes; {model_name} here has "
-                                      f"{classes[1]} ({key} is {list(got)}): use a checkpoint for CIFAR-10")
-            raise CheckpointError(f"{source} does not fit {model_name}: {key} has shape "
-                                  f"{list(got)}, the model expects {list(want)}")
+                              f"{len(unexpected)} unexpected keys: {detail}){also}")
+    differ = [(key, tuple(state_dict[key].shape), tuple(tensor.shape)) for key, tensor in expected.items()
+              if tuple(state_dict[key].shape) != tuple(tensor.shape)]
+    if differ:
+        key, got, want = differ[0]
+        classes = _classes_mismatch(model, key, got, want)
+        if classes and all(_classes_mismatch(model, k, g, w) for k, g, w in differ):
+            raise CheckpointError(f"{source} was trained for {classes[0]} classes; {model_name} here has "
+                                  f"{classes[1]} ({key} is {list(got)}): use a checkpoint for CIFAR-10")
+        listed = "; ".join(f"{k}: checkpoint {_dims(g)}, model {_dims(w)}" for k, g, w in differ[:3])
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        raise CheckpointError(f"{source} does not fit {model_name}: {listed}{more}{also}")
+    if changed:
+        warnings.warn(ModelSourceChanged(f"{changed}; its weights still fit, so they are used"), stacklevel=2)
     if check_finite:
         bad = next((k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
         if bad is not None:
             raise CheckpointError(f"{source} has non-finite weights (NaN or Inf in {bad}): the run that wrote it "
                                   "diverged; use an earlier checkpoint or train again with a lower --lr")
     model.load_state_dict(state_dict, strict=True)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
 
 
 def _classes_mismatch(model: nn.Module, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> tuple[int, int] | None:
@@ -255,9 +274,10 @@ def _classes_mismatch(model: nn.Module, key: str, got: tuple[int, ...], want: tu
 
 def find_latest(model_name: str, file: str = "last.pt") -> Path:
     """The newest ``file`` of ``model_name``'s runs (under the checkpoints root, or indexed ``--out`` runs)."""
+    from cifarctl.models.spec import run_folder_name
     from cifarctl.run.index import run_checkpoints
 
-    root = paths.runs_root() / model_name
+    root = paths.runs_root() / run_folder_name(model_name)
     candidates = sorted(run_checkpoints(model_name, file), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise CheckpointError(f"no {model_name} checkpoint under {root}: train one with "

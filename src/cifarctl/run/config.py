@@ -28,7 +28,7 @@ class TrainConfig:
     ``TrainConfig.for_model("airbench94", device="cpu")`` for the model's own recipe.
     """
 
-    model: str
+    model: str                       # a registered name, or a spec: path/to/file.py:Name, module:name, torchvision:NAME
     recipe: str | None = None        # the model's recipe these values started from (`cifarctl models`)
     epochs: int = 1
     batch_size: int = 100
@@ -39,8 +39,11 @@ class TrainConfig:
     # --optimizer muon: Muon (orthogonalised momentum) on conv filters with --lr, Nesterov SGD with
     # --momentum on everything else: the head at head_lr, biases at bias_lr (in lr_units; None: --lr).
     muon_momentum: float = 0.95
-    # The peak lr of the linear layers' weights (the classifier), in lr_units; None: --lr. Any optimizer.
+    # The peak lr of the classifier's weights (the model's final linear layer), in lr_units; None: --lr.
     head_lr: float | None = None
+    # The peak lr of a model without normalisation layers (every layer then is like the classifier:
+    # nothing rescales its steps); None: --lr. The classifier keeps head_lr.
+    lr_without_norm: float | None = None
     bias_lr: float | None = None
     weight_decay: float = 0.0        # L2 penalty on weights as the optimizer defines it (Adam: coupled)
     norm_weight_decay: float = 0.0   # the same for norm-layer parameters and biases (torchvision's flag)
@@ -90,6 +93,7 @@ class TrainConfig:
     sync_bn: bool = False            # under DDP: BatchNorm statistics over the global batch (SyncBatchNorm)
     eval_batch_size: int = 500
     model_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model's factory
+    num_classes: int | None = None   # passed to a spec's constructor (None: the dataset's, where it takes one)
 
     def __post_init__(self) -> None:
         from cifarctl.errors import UsageError
@@ -115,7 +119,7 @@ class TrainConfig:
             raise UsageError(f"--lr-units {self.lr_units} is an SGD parameterisation: use --optimizer sgd or muon")
         if self.lr is None:
             self.lr = DEFAULT_LR[self.optimizer]
-        for name in ("lr", "head_lr", "bias_lr"):
+        for name in ("lr", "head_lr", "bias_lr", "lr_without_norm"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
@@ -125,6 +129,10 @@ class TrainConfig:
             if self.max_steps is not None and self.schedule_steps is None:
                 raise UsageError("--time-budget chooses the run's length: drop --max-steps")
         self.model_options = dict(self.model_options or {})
+        if ":" in self.model:  # a file spec keeps its absolute path: the run resumes from any folder
+            from cifarctl.models.spec import canonical_spec
+
+            self.model = canonical_spec(self.model)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UsageError("--label-smoothing must be in [0, 1)")
         self.mean, self.std = tuple(self.mean), tuple(self.std)  # type: ignore[assignment]
@@ -136,7 +144,7 @@ class TrainConfig:
 
         Usage: ``TrainConfig.for_model("airbench94", recipe="muon", seed=1)``
         """
-        from cifarctl.models.registry import model_card
+        from cifarctl.models import model_card
 
         chosen = model_card(model).get_recipe(recipe)
         values = dict(chosen.values)
@@ -163,6 +171,8 @@ def recipe_summary(values: dict[str, Any]) -> str:
         first = f"{'nesterov ' if cfg.nesterov and cfg.optimizer == 'sgd' else ''}{cfg.optimizer} lr {cfg.lr:g}{units}"
         if cfg.head_lr is not None:
             first += f", head lr {cfg.head_lr:g}{units}"
+        if cfg.lr_without_norm is not None:
+            first += f" (lr {cfg.lr_without_norm:g} without norm layers)"
     parts = [first, f"batch {cfg.batch_size}", f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"]
     if cfg.lr_schedule != "none":
         parts.append(cfg.lr_schedule)

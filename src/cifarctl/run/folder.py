@@ -24,8 +24,11 @@ from cifarctl.run.log import MetricsLog, TensorBoardWriter
 
 
 def new_run_dir(model_name: str) -> Path:
-    """A fresh folder ``<runs>/<model>/<timestamp>`` (suffixed if taken)."""
-    base = paths.runs_root() / model_name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    """A fresh folder ``<runs>/<model>/<timestamp>`` (suffixed if taken); a spec's runs go under a name made of
+    it (``resnet.ResNet18`` for ``models/resnet.py:ResNet18``)."""
+    from cifarctl.models.spec import run_folder_name
+
+    base = paths.runs_root() / run_folder_name(model_name) / datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate, n = base, 1
     while candidate.exists():
         n += 1

@@ -7,6 +7,7 @@ those are recorded in ``<runs>/index.txt`` (one absolute path a line) so that ``
 
 from __future__ import annotations
 
+import glob
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,10 +40,15 @@ def register_run(run_dir: Path) -> None:
 
 
 def run_checkpoints(model: str | None = None, file: str = "last.pt") -> list[Path]:
-    """Every run's ``file`` (under the root, and indexed), of ``model`` if given."""
-    found = list(paths.runs_root().glob(f"{model or '*'}/*/{file}"))
+    """Every run's ``file`` (under the root, and indexed), of ``model`` (a name or a spec) if given."""
+    from cifarctl.models.spec import canonical_spec, is_spec, run_folder_name
+
+    found = list(paths.runs_root().glob(f"{glob.escape(run_folder_name(model)) if model else '*'}/*/{file}"))
+    wanted = canonical_spec(model) if model else None
+    if model is not None and is_spec(model):  # two files of one name share a folder name: the config tells
+        found = [path for path in found if _run_model(path.parent) == wanted]
     for folder in indexed_runs():
-        if (folder / file).is_file() and (model is None or _run_model(folder) == model):
+        if (folder / file).is_file() and (model is None or _run_model(folder) == wanted):
             found.append(folder / file)
     return found
 

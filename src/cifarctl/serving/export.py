@@ -64,7 +64,8 @@ def _onnx(trained: TrainedModel, example: torch.Tensor, tmp: Path) -> None:
         torch.onnx.export(trained.model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
                           dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
     except Exception as exc:  # noqa: BLE001  (the exporter raises many types)
-        raise CifarctlError(f"ONNX export of {trained.name} failed: {first_line(exc)}") from None
+        raise CifarctlError(f"ONNX export of {trained.name} failed: {first_line(exc)[:200]}; its forward does not "
+                            "trace to ONNX: export --format safetensors (the weights) or torchscript instead") from None
     proto = onnx.load(str(tmp))
     for key, value in metadata(trained).items():
         entry = proto.metadata_props.add()
@@ -109,7 +110,11 @@ def export_model(trained: TrainedModel, fmt: str, out: Path) -> ExportResult:
 
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore", FutureWarning)   # torch.jit's deprecation notice
-                scripted = torch.jit.trace(model, example)
+                try:
+                    scripted = torch.jit.trace(model, example)
+                except Exception as exc:  # noqa: BLE001  (the tracer raises many types)
+                    raise CifarctlError(f"TorchScript export of {trained.name} failed: {first_line(exc)[:200]}; "
+                                        "export --format safetensors (the weights) instead") from None
                 torch.jit.save(scripted, str(tmp), _extra_files={"cifarctl.json": json.dumps(model_info(trained))})
     result = ExportResult(out, fmt, out.stat().st_size)
     if fmt == "onnx":

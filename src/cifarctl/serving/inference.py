@@ -19,10 +19,7 @@ from cifarctl.data.images import to_rgb
 from cifarctl.data.loader import normalize
 from cifarctl.device import resolve_device
 from cifarctl.errors import UsageError
-from cifarctl.evaluation import tta_logits
-from cifarctl.models import create_model
-from cifarctl.run.checkpoint import load_checkpoint, load_weights
-from cifarctl.run.config import TrainConfig
+from cifarctl.evaluation import load_model, tta_logits
 
 SIZE = 32
 
@@ -41,20 +38,20 @@ class TrainedModel:
     device: torch.device
 
 
-def load_trained(model_name: str, checkpoint: Path | str, device: str = "cpu") -> TrainedModel:
+def load_trained(model_name: str, checkpoint: Path | str, device: str = "cpu",
+                 model_kwargs: dict[str, Any] | None = None, num_classes: int | None = None) -> TrainedModel:
     """Load ``checkpoint`` (cifarctl's or a raw state_dict) into ``model_name``, on ``device``, in eval mode.
 
-    Class names come from the checkpoint when its run saved them, else CIFAR-10's; mean, std and the
-    TTA level from the run's config, else the model's recipe.
+    ``model_name`` is a registered name or a spec, built with ``model_kwargs`` (default: those its run
+    recorded). Class names come from the checkpoint when its run saved them, else CIFAR-10's; mean, std
+    and the TTA level from the run's config, else the model's recipe.
     Usage: ``trained = load_trained("airbench94", "last.pt")``
     """
-    state = load_checkpoint(checkpoint)
-    classes = tuple(state.get("classes") or CLASSES)
-    model = create_model(model_name, num_classes=len(classes))
-    load_weights(model, model_name, state, checkpoint)
-    config = {**TrainConfig.for_model(model_name).to_dict(), **(state.get("config") or {})}
+    loaded = load_model(model_name, checkpoint, num_classes, model_kwargs)
+    classes = tuple(loaded.state.get("classes") or CLASSES)
+    config = loaded.trained
     dev = resolve_device(device)
-    return TrainedModel(model_name, model.to(dev).eval(), str(checkpoint), classes, tuple(config["mean"]),
+    return TrainedModel(model_name, loaded.model.to(dev).eval(), str(checkpoint), classes, tuple(config["mean"]),
                         tuple(config["std"]), int(config["tta"]), dev)
 
 
@@ -140,7 +137,8 @@ def predict_images(trained: TrainedModel, images: torch.Tensor, top_k: int = 3, 
 
 
 def predict(model_name: str, checkpoint: Path | str, paths: list[Path], top_k: int = 3, tta: int | None = None,
-            device: str = "cpu") -> PredictResult:
+            device: str = "cpu", model_kwargs: dict[str, Any] | None = None,
+            num_classes: int | None = None) -> PredictResult:
     """Predict the class of every image in ``paths`` (files, or folders read recursively in sorted order).
 
     An unreadable image becomes one line in ``failures``; the others are still predicted.
@@ -149,7 +147,7 @@ def predict(model_name: str, checkpoint: Path | str, paths: list[Path], top_k: i
     files = image_files(paths)
     if not files:
         raise UsageError(f"no image files in {', '.join(str(p) for p in paths)}: give images or folders of images")
-    trained = load_trained(model_name, checkpoint, device)
+    trained = load_trained(model_name, checkpoint, device, model_kwargs, num_classes)
     level = trained.tta if tta is None else tta
     result = PredictResult(model_name, str(checkpoint), level)
     read: list[tuple[Path, torch.Tensor]] = []

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
 import torch.distributed
+from torch import nn
 
 from cifarctl import distributed as ddp
 from cifarctl.data.cifar10 import CIFAR10, fake_cifar10
 from cifarctl.device import resolve_device
 from cifarctl.errors import CifarctlError, UsageError
 from cifarctl.models import model_card
+from cifarctl.models.spec import canonical_spec
 from cifarctl.progress import Progress
 from cifarctl.run.config import TrainConfig
 from cifarctl.run.folder import new_run_dir, run_lock
@@ -61,6 +63,7 @@ def request_run(model: str, recipe: str | None = None, settings: dict[str, Any] 
     """
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
     card = model_card(model)  # an unknown name fails here, with close matches
+    model = canonical_spec(model)  # a file spec with its absolute path: the run resumes from any folder
     if resume_dir is not None:
         if init_ckpt is not None:
             raise UsageError("--resume continues a run with its own weights; --ckpt starts a new one: give one of them")
@@ -76,9 +79,12 @@ def request_run(model: str, recipe: str | None = None, settings: dict[str, Any] 
 
 def train(cfg: TrainConfig, data: DataSource = None, out_dir: Path | None = None, progress: Progress | None = None,
           stop: threading.Event | None = None, notify: Callable[[str], None] | None = None,
-          clock: float | None = None, started: Callable[[RunStart], None] | None = None) -> TrainResult:
+          clock: float | None = None, started: Callable[[RunStart], None] | None = None,
+          model: nn.Module | None = None) -> TrainResult:
     """Train ``cfg.model`` on ``data`` into ``out_dir`` (default: a new run folder).
 
+    ``cfg.model`` is a registered name or a spec (``path/to/file.py:Name``, ``package.module:name``,
+    ``torchvision:NAME``); or pass ``model``, an ``nn.Module`` you built, and ``cfg.model`` only names it.
     With ``cfg.time_budget`` the run fits its length to that many seconds, counted from ``clock``
     (a ``time.monotonic()``; default: now) and says what it chose through ``notify``.
     Usage: ``train(TrainConfig("resnet50", epochs=1, device="cpu"), load_cifar10())``
@@ -92,21 +98,23 @@ def train(cfg: TrainConfig, data: DataSource = None, out_dir: Path | None = None
                                     "or choose another --out")
             if started is not None:
                 started(RunStart(run_dir, info.world_size, resumed=False))
-            return Trainer(cfg, dataset, run_dir, progress, stop, notify=notify, clock=clock).run()
+            return Trainer(cfg, dataset, run_dir, progress, stop, notify=notify, clock=clock, model=model).run()
 
 
 def resume(run_dir: Path, data: DataSource = None, overrides: dict[str, Any] | None = None,
            progress: Progress | None = None, stop: threading.Event | None = None,
            notify: Callable[[str], None] | None = None,
            loaded: tuple[TrainConfig, dict[str, Any]] | None = None,
-           started: Callable[[RunStart], None] | None = None) -> TrainResult:
+           started: Callable[[RunStart], None] | None = None, model: nn.Module | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint, at the exact step.
 
     Everything comes from the checkpoint; ``overrides`` may change only ``RESUMABLE`` settings
     (others are refused, see ``resume_config``). ``notify`` receives notices (e.g. a changed world
     size, or a run that was already finished, whose stored results come back). ``loaded``, the
     caller's ``load_run(run_dir)``, spares reading it twice before the lock; under the lock the run
-    is read again, since a writer that finished meanwhile may have moved it on.
+    is read again, since a writer that finished meanwhile may have moved it on. A run of a model the
+    caller built resumes with ``model``, a fresh instance of it; a spec's run imports the spec its own
+    config.json records (the code the user named when the run began).
     Usage: ``resume(Path("runs/resnet50/2026..."), load_cifar10())``
     """
     tell = notify or (lambda _text: None)
@@ -116,8 +124,11 @@ def resume(run_dir: Path, data: DataSource = None, overrides: dict[str, Any] | N
         run_dir = ddp.broadcast_object(Path(run_dir))
         with run_lock(run_dir):
             loaded = load_run(run_dir)
-            trainer = Trainer(resume_config(run_dir, None, overrides, loaded), dataset, run_dir, progress, stop,
-                              resume=loaded[1])
+            cfg = resume_config(run_dir, None, overrides, loaded)
+            if model is None and (loaded[1].get("model_source") or {}).get("kind") == "instance":
+                raise UsageError(f"{run_dir} trained a model built in Python ({cfg.model}): resume it with "
+                                 "resume(run_dir, model=a_fresh_instance)")
+            trainer = Trainer(cfg, dataset, run_dir, progress, stop, resume=loaded[1], notify=tell, model=model)
             for notice in trainer.notices:
                 tell(notice)
             if trainer.finished():

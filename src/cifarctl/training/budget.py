@@ -247,6 +247,15 @@ class TimeBudget:
         self.seconds, self.clock, self.device, self.distributed = seconds, clock, device, distributed
         self.watch = Stopwatch(device)
         self.measured_steps, self.first_step_s = 0, 0.0
+        self.planned: BudgetPlan | None = None     # the plan in force (refitted, perhaps)
+        self.first_plan: BudgetPlan | None = None  # the plan made from the measured steps
+        self.planned_at: tuple[float, int] = (0.0, 0)  # (time.monotonic(), global step) when it was planned
+        self.last_check: tuple[float, int] | None = None  # the same at the last refit
+
+    @property
+    def measuring(self) -> bool:
+        """Still timing the first steps: the run's length is not fixed yet."""
+        return self.planned is None
 
     def step_taken(self) -> float | None:
         """After each step: the seconds a step takes once enough are timed (then plan), else None."""
@@ -281,4 +290,41 @@ class TimeBudget:
         plan = plan_steps(self.seconds, spent, step_s, shape.steps_per_epoch, eval_s, final_eval_s,
                           shape.eval_every if shape.evaluate else 0, done_steps=done_steps)
         plan.tta, plan.note, plan.measured_steps = tta, note, done_steps
+        self.planned, self.first_plan, self.planned_at = plan, plan, (time.monotonic(), done_steps)
         return plan
+
+    def refit(self, global_step: int) -> BudgetPlan | None:
+        """At an epoch's end: a shorter plan when the run, at the pace it has kept since it was planned
+        (evaluations and saves included), would end past the budget; None while it is on time.
+
+        A shared machine can slow down after the first steps were timed (seen here: a fifth to a third
+        slower from the third epoch of a small model, by other work on the host), and a budget is a promise
+        about the end. The plan is only ever shortened: a run that turns out faster ends a little early.
+        """
+        plan = self.planned
+        since, at_step = self.planned_at
+        done = global_step - at_step
+        if plan is None or done < 1 or global_step >= plan.steps:
+            return None
+        now = time.monotonic()
+        # Seconds per step, evaluations and saves included: since the plan, or over the last epoch if slower.
+        pace = (now - since) / done
+        last_time, last_step = self.last_check or (since, at_step)
+        if global_step > last_step:
+            pace = max(pace, (now - last_time) / (global_step - last_step))
+        self.last_check = (now, global_step)
+        first = self.first_plan or plan  # the pace and final evaluation as measured, not as refitted
+        planned_pace = ((first.steps - at_step) * first.step_s + first.evaluations * first.eval_s) / \
+            max(first.steps - at_step, 1)
+        slowdown = max(pace / planned_pace, 1.0)
+        final_s = first.final_eval_s * slowdown
+        left = self.seconds - (now - self.clock) - plan.reserve_s - final_s
+        if (plan.steps - global_step) * pace <= left:
+            return None
+        steps = global_step + max(int(left // pace), 1)
+        refitted = BudgetPlan(**{**asdict(plan), "steps": steps, "final_eval_s": final_s,
+                                 "note": f"refitted at step {global_step}: this machine ran {slowdown:.2f}x slower "
+                                         "than measured"})
+        refitted.evaluations = evaluations_before_end(steps, plan.steps_per_epoch, 1 if plan.evaluations else 0)
+        self.planned = refitted
+        return refitted

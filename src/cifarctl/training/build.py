@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,11 +13,13 @@ from torch import nn
 from cifarctl.data.cifar10 import CIFAR10
 from cifarctl.data.loader import DeviceLoader, epoch_seed, normalize
 from cifarctl.distributed import DistInfo, per_rank_batch
-from cifarctl.errors import CifarctlError, UsageError
-from cifarctl.models import create_model
+from cifarctl.errors import CifarctlError, UsageError, first_line
 from cifarctl.models.hooks import SAMPLE_IMAGES, call_hook, has_hook, read_only
+from cifarctl.models.spec import ModelSource, file_sha256
+from cifarctl.models.spec import build_model as build_named
 from cifarctl.run.checkpoint import load_checkpoint, load_weights
 from cifarctl.run.config import TrainConfig
+from cifarctl.trace.api import inspect_model
 
 
 def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,17 +46,35 @@ def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.
     return torch.nonzero(keep).flatten(), val
 
 
+@dataclass
+class BuiltModel:
+    """The model on its device, what the training step calls (its DDP and compiled wrapper), where its code
+    came from, and what a look at it found worth saying (``notes``: inspect's warnings, for a user's model)."""
+
+    model: nn.Module
+    forward: nn.Module
+    source: ModelSource
+    notes: list[str]
+
+
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, dist: DistInfo, channels_last: bool,
-                from_checkpoint: bool) -> tuple[nn.Module, nn.Module]:
-    """``(model, forward)``: the model on its device, and what the training step calls (its DDP and
-    compiled wrapper). ``from_checkpoint``: load ``cfg.init_ckpt``'s weights (a new run from --ckpt)."""
+                from_checkpoint: bool, instance: nn.Module | None = None) -> BuiltModel:
+    """The run's model: ``cfg.model`` built (a registered name or a spec, with ``cfg.model_options``), or the
+    caller's ``instance``. ``from_checkpoint``: load ``cfg.init_ckpt``'s weights (a new run from --ckpt)."""
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=num_classes, **cfg.model_options)
+    notes: list[str] = []
+    if instance is not None:
+        model, source = instance, instance_source(cfg.model, instance)
+    else:
+        model, source = build_named(cfg.model, cfg.num_classes or num_classes, cfg.model_options,
+                                    explicit_classes=cfg.num_classes is not None)
+    if source.kind != "registered":  # a user's model: does it fit CIFAR's images and classes? (inspect's trace)
+        notes = check_fits(model, source.spec, num_classes, channels_last)
     if cfg.whiten and not has_hook(model, "init_from_data"):
         raise UsageError(f"--whiten applies to models that set themselves from the training images (airbench94's "
                          f"whitening stem); {cfg.model} has none: drop --whiten")
     if cfg.init_ckpt and from_checkpoint:
-        load_weights(model, cfg.model, load_checkpoint(cfg.init_ckpt), cfg.init_ckpt)
+        load_weights(model, cfg.model, load_checkpoint(cfg.init_ckpt), cfg.init_ckpt, model_source=source)
     if dist.rank:  # every rank starts from the same weights but draws its own dropout masks
         torch.manual_seed(epoch_seed(cfg.seed, -1 - dist.rank))
     if dist.enabled and cfg.sync_bn:
@@ -67,7 +89,50 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, dist: 
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=has_hook(model, "on_epoch_start"))
-    return model, torch.compile(wrapped) if cfg.compile else wrapped
+    return BuiltModel(model, torch.compile(wrapped) if cfg.compile else wrapped, source, notes)
+
+
+def instance_source(label: str, model: nn.Module) -> ModelSource:
+    """What a checkpoint records of a model the caller built: its class, and the file it was defined in."""
+    cls = type(model)
+    try:
+        file: str | None = inspect.getsourcefile(cls)
+    except (TypeError, OSError):
+        file = None
+    digest = file_sha256(file) if file and Path(file).is_file() else None
+    return ModelSource(label, "instance", f"{cls.__module__}.{cls.__qualname__}", file, digest)
+
+
+def check_fits(model: nn.Module, spec: str, num_classes: int, channels_last: bool = False) -> list[str]:
+    """Trace ``model`` on two CIFAR images, as ``inspect`` does: a model that does not fit them, or does not
+    give ``num_classes`` logits, fails in one line that says where; its warnings come back as notes."""
+    with torch.random.fork_rng(devices=[]):
+        traced = inspect_model(model, [2, 3, 32, 32], name=spec)
+        if channels_last and traced.error is None:
+            _check_channels_last(model, spec)
+    if traced.error is not None:
+        where = f" at {traced.error.module}" if traced.error.module else ""
+        raise UsageError(f"{spec} does not fit 3x32x32 images{where}: {traced.error.message} "
+                         f"(`cifarctl inspect {spec} --input 3x32x32` shows where, and how to fix it)")
+    if traced.output != [[2, num_classes]]:
+        shapes = ", ".join("x".join(map(str, shape)) for shape in traced.output or [])
+        raise UsageError(f"{spec} returns {shapes} for 2 images; training needs 2x{num_classes} (one logit per class): "
+                         f"give it {num_classes} outputs (--num-classes {num_classes}, or --model-kwargs)")
+    return [f"{w.module}: {w.message}" if w.module else w.message for w in traced.warnings]
+
+
+def _check_channels_last(model: nn.Module, spec: str) -> None:
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(2, 3, 32, 32).to(memory_format=torch.channels_last))
+    except RuntimeError as exc:
+        raise UsageError(f"{spec} cannot take channels_last images ({first_line(exc)[:100]}): drop --channels-last, "
+                         "or use .reshape() or .flatten(1) where the model uses .view()") from None
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 @dataclass

@@ -7,6 +7,7 @@ of jumping back up the curve).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any, Callable, Iterator
@@ -77,20 +78,54 @@ def muon_groups(model: nn.Module, declared: list[ParameterGroup] = ()) -> Iterat
 
 
 def head_groups(model: nn.Module) -> Iterator[tuple[str, list[nn.Parameter]]]:
-    """``parameter_groups`` with the linear layers' weights apart as ``head``, for a recipe that gives
-    the classifier its own lr (``head_lr``): conv filters stay ``weights``."""
+    """``parameter_groups`` with the classifier's weight (the final linear layer's) apart as ``head``, for a
+    recipe that gives the classifier its own lr (``head_lr``); everything else stays where it was. A model
+    without a linear layer has no ``head`` group: its classifier trains at ``lr``."""
+    head = final_linear(model)
+    head_ids = {id(head.weight)} if head is not None else set()
     for name, params in parameter_groups(model):
         if name == "weights":
-            filters = [p for p in params if p.ndim != 2]
-            linear = [p for p in params if p.ndim == 2]
-            yield from ((key, ps) for key, ps in (("weights", filters), ("head", linear)) if ps)
+            rest = [p for p in params if id(p) not in head_ids]
+            linear = [p for p in params if id(p) in head_ids]
+            yield from ((key, ps) for key, ps in (("weights", rest), ("head", linear)) if ps)
         else:
             yield name, params
 
 
-def torch_hyperparameters(cfg: TrainConfig, group: str) -> tuple[float, float]:
-    """``(lr, weight_decay)`` of one parameter group, as torch.optim takes them for a batch-mean loss."""
+def final_linear(model: nn.Module) -> nn.Linear | None:
+    """The model's classifier: its only linear layer, or of several the last one a forward pass calls
+    (a 2-image probe in eval mode, RNG and modes left as they were); None if it has no linear layer."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if len(linears) <= 1:
+        return linears[0] if linears else None
+    called: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda module, _args, _out: called.append(module)) for m in linears]
+    modes = {m: m.training for m in model.modules()}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(torch.zeros(2, 3, 32, 32, device=device))
+    except Exception:  # noqa: BLE001  (a model that needs other inputs: its last linear layer, as declared)
+        called = []
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.training = training
+    return called[-1] if called else linears[-1]  # type: ignore[return-value]
+
+
+def has_norm_layers(model: nn.Module) -> bool:
+    return any(isinstance(m, _NORMS) for m in model.modules())
+
+
+def torch_hyperparameters(cfg: TrainConfig, group: str, norm_free: bool = False) -> tuple[float, float]:
+    """``(lr, weight_decay)`` of one parameter group, as torch.optim takes them for a batch-mean loss.
+    ``norm_free``: the model has no normalisation layer (``cfg.lr_without_norm`` then applies)."""
     assert cfg.lr is not None
+    if norm_free and cfg.lr_without_norm is not None and cfg.optimizer != "muon" and group != "head":
+        cfg = dataclasses.replace(cfg, lr=cfg.lr_without_norm)
     if cfg.optimizer == "muon":
         if group == "filters":
             return cfg.lr, 0.0  # Muon's own units: its steps are orthogonalised, whatever the loss's scale
@@ -125,8 +160,9 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     train_epochs = {group.name: group.train_epochs for group in declared if group.train_epochs is not None}
     grouping = (muon_groups(model, declared) if muon else head_groups(model) if cfg.head_lr is not None
                 else parameter_groups(model))
+    norm_free = cfg.lr_without_norm is not None and not has_norm_layers(model)
     for name, params in grouping:
-        lr, decay = torch_hyperparameters(cfg, name)
+        lr, decay = torch_hyperparameters(cfg, name, norm_free)
         groups.append({"params": params, "lr": lr, "weight_decay": decay, "name": name})
         if name in train_epochs:  # the schedule takes its lr to zero when it stops training
             groups[-1]["train_epochs"] = train_epochs[name]

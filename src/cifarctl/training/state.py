@@ -44,7 +44,7 @@ def capture(trainer: Trainer) -> dict[str, Any]:
         "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler else None,
-        "model_name": trainer.cfg.model, "epoch": trainer.epoch, "step_in_epoch": trainer.step_in_epoch,
+        "model_name": trainer.cfg.model, "model_source": trainer.source.to_dict(), "epoch": trainer.epoch, "step_in_epoch": trainer.step_in_epoch,
         "global_step": trainer.global_step, "world_size": trainer.dist.world_size,
         "rng": rngs[0] if len(rngs) == 1 else rngs,
         "config": trainer.cfg.to_dict(), "running": trainer.running.state_dict(),

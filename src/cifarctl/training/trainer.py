@@ -25,7 +25,9 @@ from cifarctl.data.loader import DeviceLoader
 from cifarctl.device import autocast_dtype, default_channels_last, needs_grad_scaler, resolve_device
 from cifarctl.errors import UsageError
 from cifarctl.evaluation import EvalResult, evaluate_model
+from cifarctl.models import is_model
 from cifarctl.models.hooks import call_hook, read_only
+from cifarctl.models.spec import display_name
 from cifarctl.progress import NullProgress, Progress
 from cifarctl.run.checkpoint import load_checkpoint
 from cifarctl.run.config import TrainConfig
@@ -46,11 +48,13 @@ class Trainer:
 
     ``clock``: the ``time.monotonic()`` from which ``cfg.time_budget`` counts (default: now).
     ``resume``: the checkpoint (``load_run``'s state) to continue from, at its exact step.
+    ``model``: a model the caller built, trained instead of building ``cfg.model`` (then only its label).
     """
 
     def __init__(self, cfg: TrainConfig, data: CIFAR10, run_dir: Path, progress: Progress | None = None,
                  stop: threading.Event | None = None, resume: dict[str, Any] | None = None,
-                 notify: Callable[[str], None] | None = None, clock: float | None = None) -> None:
+                 notify: Callable[[str], None] | None = None, clock: float | None = None,
+                 model: torch.nn.Module | None = None) -> None:
         clock = time.monotonic() if clock is None else clock
         self.cfg, self.data, self.run_dir = dataclasses.replace(cfg), data, run_dir  # a copy: resolved below
         self.progress = progress or NullProgress()
@@ -68,10 +72,13 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.cast = autocast_dtype(self.device, cfg.amp)
         channels_last = cfg.channels_last
-        if channels_last is None:
-            channels_last = default_channels_last(self.device, self.cast)
-        self.model, self.forward = build_model(self.cfg, len(data.classes), self.device, self.dist, channels_last,
-                                               from_checkpoint=resume is None)
+        if channels_last is None:  # a user's model may .view() its maps, which channels_last tensors refuse
+            channels_last = default_channels_last(self.device, self.cast) and model is None and is_model(cfg.model)
+        built = build_model(self.cfg, len(data.classes), self.device, self.dist, channels_last,
+                            from_checkpoint=resume is None, instance=model)
+        self.model, self.forward, self.source = built.model, built.forward, built.source
+        for note in built.notes:
+            self.notify(f"warning: {note}")
         self.scaler = torch.amp.GradScaler(self.device.type) if needs_grad_scaler(self.cast) else None
         loaders = build_loaders(self.cfg, data, self.device, self.dist, channels_last)
         self.train_loader, self.test_loader, self.val_loader = loaders.train, loaders.test, loaders.val
@@ -79,6 +86,9 @@ class Trainer:
         if resume is None and cfg.whiten and not cfg.init_ckpt:
             init_from_data(self.model, cfg, loaders.train_images, self.device)
         self.optimizer = build_optimizer(cfg, self.model)
+        if cfg.head_lr is not None and not any(g.get("name") == "head" for g in self.optimizer.param_groups):
+            self.notify(f"{display_name(cfg.model)} has no linear layer to take the classifier's lr (head lr {cfg.head_lr:g}): "
+                        f"all of it trains at lr {cfg.lr:g}")
         self.peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
         # A time budget not yet fitted: the run measures its first steps (on the recipe's own length meanwhile).
         self.budget: TimeBudget | None = None
@@ -138,7 +148,7 @@ class Trainer:
         call_hook(self.model, "on_epoch_start", self.epoch, read_only(self.cfg.to_dict()))
 
     def _epoch_label(self) -> str:
-        if self.budget is not None:  # the run's length is not known until the first steps are measured
+        if self._measuring():  # the run's length is not known until the first steps are measured
             return f"epoch {self.epoch + 1} (measuring this machine)"
         return f"epoch {self.epoch + 1}/{self.cfg.epochs}"
 
@@ -156,7 +166,7 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
         step, total = self.global_step + 1, self.cfg.schedule_steps or 1
-        if step < total and self.budget is None:  # past its end (a run lengthened on resume) it stays at its final lr
+        if step < total and not self._measuring():  # past its end (a run lengthened on resume) it stays at its final lr
             self.scheduler.step()
         if self.lookahead is not None:
             self.lookahead.step(self.model, step, total)
@@ -184,7 +194,7 @@ class Trainer:
 
     def _save_or_stop(self) -> None:
         """Save when due; when asked to stop, save and raise ``TrainingInterrupted``."""
-        if self.budget is not None:  # the length is not fixed yet: a checkpoint now could not be resumed to it
+        if self.budget is not None and self.budget.measuring:  # not fixed yet: a checkpoint could not resume to it
             if not self.stop.is_set() or self.dist.enabled:
                 return
             self._fit_to_budget(self.budget.step_time_so_far())
@@ -231,6 +241,7 @@ class Trainer:
         self.save(best=best)
         if self.step_in_epoch == 0:
             self.running.reset()  # the next epoch's train metrics start from zero
+        self._refit_budget()
 
     def _score(self, record: dict[str, Any], final: bool) -> bool:
         """Evaluate at an epoch end into ``record``; True when it is the best so far."""
@@ -273,10 +284,14 @@ class Trainer:
     # -- the time budget ---------------------------------------------------------------------
     def _consult_budget(self) -> None:
         """While a time budget measures this machine, report the step; plan once it has measured enough."""
-        if self.budget is not None:
+        if self._measuring():
+            assert self.budget is not None
             step_s = self.budget.step_taken()
             if step_s is not None:
                 self._fit_to_budget(step_s)
+
+    def _measuring(self) -> bool:
+        return self.budget is not None and self.budget.measuring
 
     def _fit_to_budget(self, step_s: float) -> None:
         """Fix the run's length (and final TTA level) to what the rest of the budget allows."""
@@ -287,17 +302,30 @@ class Trainer:
         shape = RunShape(len(self.train_loader), len(self.test_loader),
                          len(self.val_loader) if self.val_loader is not None else None, cfg.eval, cfg.eval_every,
                          cfg.tta)
-        self.plan = plan = ddp.broadcast_object(self.budget.plan(step_s, level_s, shape, self.global_step))
+        self._apply_plan(ddp.broadcast_object(self.budget.plan(step_s, level_s, shape, self.global_step)))
+        self.notify(self.plan.describe(display_name(cfg.model)) if self.plan else "")
+
+    def _refit_budget(self) -> None:
+        """At an epoch's end: if the machine slowed since the plan, shorten the run so that it still ends in time."""
+        if self.budget is None or self.budget.measuring or self.finished():
+            return
+        plan = ddp.broadcast_object(self.budget.refit(self.global_step) if self.dist.is_main else None)
+        if plan is not None:
+            self._apply_plan(plan)
+            self.notify(f"this machine runs slower than when it was measured: {plan.steps:,} steps in all "
+                        f"({plan.epochs:.2f} epochs) keep the run within its {self.budget.seconds:.0f} s")
+
+    def _apply_plan(self, plan: BudgetPlan) -> None:
+        """Fix the run's length (and its final TTA level) to ``plan``'s, and the schedule to that length."""
+        cfg, self.plan = self.cfg, plan
         cfg.tta = plan.tta
         cfg.schedule_steps = cfg.max_steps = plan.steps
         cfg.epochs = -(-plan.steps // len(self.train_loader))
         self.scheduler = rebuild_scheduler(cfg, self.optimizer, self.peak_lrs, len(self.train_loader),
                                            self.global_step)
-        self.budget = None
         self.folder.write_config(self.config_record())
         self.folder.append({"type": "budget", "global_step": self.global_step, **plan.to_dict()})
         self.progress.relabel(self._epoch_label())
-        self.notify(plan.describe(cfg.model))
 
     # -- saving and the result ---------------------------------------------------------------
     def save(self, best: bool = False) -> None:
@@ -308,7 +336,7 @@ class Trainer:
         """config.json: every setting the run used, and its time budget's plan."""
         plan = {"budget_plan": self.plan.to_dict()} if self.plan else {}
         return {**self.cfg.to_dict(), "world_size": self.dist.world_size, "best_selected_on": self.best_selected_on,
-                **plan}
+                "model_source": self.source.to_dict(), **plan}
 
     def stored_result(self) -> TrainResult:
         """The results a finished run recorded in its checkpoint (for a resume with nothing left to do)."""
