@@ -150,6 +150,8 @@ def distributed_session(device: str) -> Iterator[ddp.DistInfo]:
     info = ddp.init_distributed(resolve_device(device))
     try:
         yield info
+        if joined_here:  # every rank done with its collectives before the group goes (gloo aborts otherwise)
+            ddp.barrier()
     finally:
         if joined_here:
             ddp.shutdown()
