@@ -24,7 +24,7 @@ from cifarctl.models.registry import SPEC_DEFAULT, ModelCard, create_model, is_m
 from cifarctl.models.registry import model_card as registered_card
 from cifarctl.models.user import accepts, resolve_callable
 
-SPEC_KINDS = ("registered", "file", "module", "torchvision")
+SPEC_KINDS = ("registered", "file", "module", "torchvision", "instance")  # instance: a module built in Python
 
 
 @dataclass(frozen=True)
