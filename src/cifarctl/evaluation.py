@@ -115,8 +115,9 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
 
 
 def takes_channels_last(model: nn.Module, device: torch.device) -> bool:
-    """Whether ``model``'s forward runs on channels_last images (one that ``.view()``s its maps does not)."""
-    was_training = model.training
+    """Whether ``model``'s forward runs on channels_last images (one that ``.view()``s its maps does not).
+    The model is left in the default layout, each module in the train/eval mode it was in."""
+    modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.inference_mode():
@@ -127,7 +128,8 @@ def takes_channels_last(model: nn.Module, device: torch.device) -> bool:
         return False
     finally:
         model.to(memory_format=torch.contiguous_format)
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
 
 
 @dataclass

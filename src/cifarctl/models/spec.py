@@ -10,19 +10,17 @@ compare the record with it only to say when the file changed since training.
 from __future__ import annotations
 
 import ast
-import hashlib
-import inspect
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
 from cifarctl.errors import UsageError
 from cifarctl.models.registry import SPEC_DEFAULT, ModelCard, create_model, is_model, unknown_model_message
 from cifarctl.models.registry import model_card as registered_card
-from cifarctl.models.user import accepts, resolve_callable
+from cifarctl.models.user import accepts, file_sha256, resolve_callable
 
 SPEC_KINDS = ("registered", "file", "module", "torchvision", "instance")  # instance: a module built in Python
 
@@ -93,10 +91,6 @@ def run_folder_name(model: str) -> str:
     where, _, attr = model.rpartition(":")
     stem = Path(where).stem if kind == "file" else where
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{stem}.{attr}")
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:

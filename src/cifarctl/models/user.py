@@ -23,10 +23,15 @@ from cifarctl.models.registry import create_model, is_model, unknown_model_messa
 _LOADED: dict[tuple[str, str], ModuleType] = {}  # (resolved path, sha256) -> module: a file runs once per process
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a model's source file, as a checkpoint records it and a file's import is keyed."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def _load_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
-    key = (str(path.resolve()), hashlib.sha256(path.read_bytes()).hexdigest())
+    key = (str(path.resolve()), file_sha256(path))
     if key not in _LOADED:
         _LOADED[key] = _import_file(path)
     return _LOADED[key]

@@ -13,7 +13,8 @@ from torch import nn
 from cifarctl.data.cifar10 import CIFAR10
 from cifarctl.data.loader import DeviceLoader, epoch_seed, normalize
 from cifarctl.distributed import DistInfo, per_rank_batch
-from cifarctl.errors import CifarctlError, UsageError, first_line
+from cifarctl.errors import CifarctlError, UsageError
+from cifarctl.evaluation import takes_channels_last
 from cifarctl.models.hooks import SAMPLE_IMAGES, call_hook, has_hook, read_only
 from cifarctl.models.spec import ModelSource, file_sha256
 from cifarctl.models.spec import build_model as build_named
@@ -109,7 +110,9 @@ def check_fits(model: nn.Module, spec: str, num_classes: int, channels_last: boo
     with torch.random.fork_rng(devices=[]):
         traced = inspect_model(model, [2, 3, 32, 32], name=spec)
         if channels_last and traced.error is None:
-            _check_channels_last(model, spec)
+            if not takes_channels_last(model, torch.device("cpu")):
+                raise UsageError(f"{spec} cannot take channels_last images: drop --channels-last, or use .reshape() "
+                                 "or .flatten(1) where the model uses .view()")
     if traced.error is not None:
         where = f" at {traced.error.module}" if traced.error.module else ""
         raise UsageError(f"{spec} does not fit 3x32x32 images{where}: {traced.error.message} "
@@ -119,20 +122,6 @@ def check_fits(model: nn.Module, spec: str, num_classes: int, channels_last: boo
         raise UsageError(f"{spec} returns {shapes} for 2 images; training needs 2x{num_classes} (one logit per class): "
                          f"give it {num_classes} outputs (--num-classes {num_classes}, or --model-kwargs)")
     return [f"{w.module}: {w.message}" if w.module else w.message for w in traced.warnings]
-
-
-def _check_channels_last(model: nn.Module, spec: str) -> None:
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(2, 3, 32, 32).to(memory_format=torch.channels_last))
-    except RuntimeError as exc:
-        raise UsageError(f"{spec} cannot take channels_last images ({first_line(exc)[:100]}): drop --channels-last, "
-                         "or use .reshape() or .flatten(1) where the model uses .view()") from None
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 @dataclass
