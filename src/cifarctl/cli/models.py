@@ -36,3 +36,8 @@ def models(json_output: Json = False) -> None:
             first = (r.name, *sized) if i == 0 else ("", "", "")
             table.add_row(*first, label, recipe["reference"])
     out_console().print(table)
+    from cifarctl.training.choice import FAMILIES
+
+    for family, members in FAMILIES.items():
+        out_console().print(f"[bold]{family}[/]: {', '.join(members)}; `cifarctl train {family} --time-budget 5m` "
+                            "chooses the member, recipe and TTA for the time (docs/training.md)")

@@ -114,6 +114,8 @@ def train(
 
       cifarctl train airbench94 --recipe muon --time-budget 10m   (the best run 10 minutes allow)
 
+      cifarctl train airbench --time-budget 5m    (airbench's width and recipe chosen for 5 minutes here)
+
       cifarctl train resnet50 --epochs 1 --device cuda
 
       cifarctl train vgg16 --ckpt vgg16_250.pt --epochs 1     (the course's "one more epoch")
@@ -135,7 +137,10 @@ def train(
     from cifarctl.training import train as run_training
     from cifarctl.training.budget import format_duration, parse_duration
 
-    check_spec(model)  # an unknown name fails here, with close matches, before anything is read or built
+    from cifarctl.training.choice import FAMILIES, is_family
+
+    if not is_family(model):
+        check_spec(model)  # an unknown name fails here, with close matches, before anything is read or built
     clock = cifarctl.cli.PROCESS_STARTED or time.monotonic()  # a time budget counts from the process's start
     if time_budget is not None and (epochs is not None or max_steps is not None):
         raise UsageError("--time-budget chooses the run's length: drop --epochs and --max-steps")
@@ -152,7 +157,8 @@ def train(
     if resume is not None and ckpt is not None:
         raise UsageError("--resume continues a run with its own weights; --ckpt starts a new one: give one of them")
     init_from = None if ckpt is None else find_latest(model) if ckpt == NEWEST else Path(ckpt).expanduser()
-    run_dir = None if resume is None else latest_run_dir(model) if resume == NEWEST else Path(resume).expanduser()
+    run_dir = None if resume is None else Path(resume).expanduser() if resume != NEWEST else \
+        latest_run_dir(model) if not is_family(model) else newest_of(FAMILIES[model])
     if plot:
         from cifarctl.plots import require_plotting
 
@@ -161,12 +167,17 @@ def train(
         from cifarctl.run.log import require_tensorboard
 
         require_tensorboard()
-    request = request_run(model, recipe, settings, resume_dir=run_dir, init_ckpt=init_from)
+    is_main = ddp.process_rank() == 0  # under torchrun every process runs this command; rank 0 alone prints
+    err = err_console() if is_main else Console(quiet=True)
+    if is_family(model) and run_dir is None and time_budget is not None:
+        err.print(f"choosing {model}'s width and recipe for {time_budget}: timing each member here ...")
+    request = request_run(model, recipe, settings, resume_dir=run_dir, init_ckpt=init_from, clock=clock)
     cfg = request.cfg
     chosen = resolve_device(cfg.device)  # a device that is not there fails here, in one line
-    # Under torchrun every process runs this command; rank 0 alone draws and prints.
-    is_main = ddp.process_rank() == 0
-    err = err_console() if is_main else Console(quiet=True)
+    if request.choice is not None:
+        err.print(request.choice.describe("on this " + ("CPU" if chosen.type == "cpu" else "machine")),
+                  highlight=False)
+    model = display_name(cfg.model) if is_family(model) else model
 
     def dataset() -> Any:
         return load_data(cfg.data, offline, quiet=json_output or not is_main, verify=verify)
@@ -207,13 +218,30 @@ def train(
                                       result.run_dir / "curves.png", title=f"{model} ({result.run_dir.name})")
         err.print(f"learning curves drawn in {curves}")
     if json_output:
-        print_json(_result_dict(result))
+        print_json({**_result_dict(result), "choice": request.choice.to_dict() if request.choice else None})
     else:
         _render(result, display_name(result.model))
     if result.budget and resume is None:  # a resumed run's clock started with this process: no total to give
         spent = time.monotonic() - clock
         err.print(f"time budget {format_duration(result.budget['budget_s'])}: {result.budget['epochs']:.1f} epochs "
-                  f"of {display_name(result.model)}, finished in {format_duration(spent)}", highlight=False)
+                  f"of {display_name(result.model)} with {cfg.recipe}, TTA {result.tta}, finished in "
+                  f"{format_duration(spent)}", highlight=False)
+
+
+def newest_of(models: tuple[str, ...]) -> Path:
+    """The newest run folder with a ``last.pt`` among ``models``' runs (a family's: its members')."""
+    from cifarctl.errors import CheckpointError
+    from cifarctl.run.folder import latest_run_dir
+
+    found = []
+    for name in models:
+        try:
+            found.append(latest_run_dir(name))
+        except CheckpointError:
+            continue
+    if not found:
+        raise UsageError(f"no run of {', '.join(models)} to resume: start one, or give --resume RUN_DIR")
+    return max(found, key=lambda d: (d / "last.pt").stat().st_mtime)
 
 
 def _result_dict(result: TrainResult) -> dict[str, Any]:

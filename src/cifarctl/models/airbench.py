@@ -74,21 +74,25 @@ def full_precision(device_type: str) -> contextlib.AbstractContextManager[Any]:
 class AirBench94(nn.Module):
     """The airbench94 network; call ``init_whitening(images)`` with normalised training images first.
 
+    ``widths`` are the three blocks' channels (the paper's 64/256/256; the family's narrower members
+    divide them).
+
     ``logit_scale`` divides the head's output (the paper's 1/9; the Muon record's 1/width) and is a
     buffer, so a checkpoint carries it; ``head_std`` re-scales the head's initial weights to that
     standard deviation (the Muon record's 1), or keeps PyTorch's init (None).
     """
 
-    def __init__(self, num_classes: int = 10, logit_scale: float = OUTPUT_SCALE, head_std: float | None = None) -> None:
+    def __init__(self, num_classes: int = 10, logit_scale: float = OUTPUT_SCALE, head_std: float | None = None,
+                 widths: tuple[int, int, int] = WIDTHS) -> None:
         super().__init__()
         self.whiten = nn.Conv2d(3, WHITEN_WIDTH, WHITEN_KERNEL, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from data, never trained; its bias trains early on
         self.stem_act = nn.GELU()
-        self.block1 = ConvGroup(WHITEN_WIDTH, WIDTHS[0])
-        self.block2 = ConvGroup(WIDTHS[0], WIDTHS[1])
-        self.block3 = ConvGroup(WIDTHS[1], WIDTHS[2])
+        self.block1 = ConvGroup(WHITEN_WIDTH, widths[0])
+        self.block2 = ConvGroup(widths[0], widths[1])
+        self.block3 = ConvGroup(widths[1], widths[2])
         self.pool = nn.MaxPool2d(3)  # 3x3 map after three 2x pools of 31x31: a global max
-        self.head = nn.Linear(WIDTHS[2], num_classes, bias=False)
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
         if head_std is not None:
             with torch.no_grad():
                 self.head.weight.mul_(head_std / self.head.weight.std())
@@ -219,3 +223,52 @@ AIRBENCH94_MUON_RECIPE = {
 def airbench94(num_classes: int = 10, logit_scale: float = OUTPUT_SCALE, head_std: float | None = None) -> nn.Module:
     """airbench94 (Jordan 2024): whitened 2x2 stem, blocks 64/256/256; 1,972,792 parameters at 10 classes."""
     return AirBench94(num_classes=num_classes, logit_scale=logit_scale, head_std=head_std)
+
+
+# -- the width family: airbench94's shape at a fraction of its channels ----------------------------
+# On a GPU the paper's widths cost no more time than narrower ones; on a CPU time is FLOPs, and a net
+# of half the width costs about a quarter of the compute per image, so a short time budget sees
+# several times the epochs. The recipes are the network's own, unchanged; the Muon record's head
+# divides its logits by its width, so that scale follows the width. `cifarctl train airbench
+# --time-budget 5m` chooses among the family (cifarctl.training.choice).
+FAMILY = "airbench"
+FAMILY_WIDTHS = {"airbench94": 1, "airbench94_half": 2, "airbench94_quarter": 4}  # member: divisor of the widths
+
+
+def member_widths(divisor: int) -> tuple[int, int, int]:
+    return tuple(w // divisor for w in WIDTHS)  # type: ignore[return-value]
+
+
+def muon_recipe(divisor: int) -> dict:
+    widths = member_widths(divisor)
+    return {**AIRBENCH94_MUON_RECIPE, "model_options": {"logit_scale": 1 / widths[2], "head_std": 1.0}}
+
+
+# What each member reached in a 5-minute budget (the shipped frontier's runs: docs/accuracy.md).
+MEASURED_5M = {
+    (2, "paper"): "86.88% in a 5-minute budget (6.3 epochs)", (2, "muon"): "86.98% in a 5-minute budget (5.4 epochs)",
+    (4, "paper"): "85.98% in a 5-minute budget (13.6 epochs)", (4, "muon"): "82.42% in a 5-minute budget (8.9 epochs)",
+}
+
+
+def _member_recipes(divisor: int) -> list[Recipe]:
+    share = f"1/{divisor} of airbench94's widths"
+    where = " on a 2-core CPU with bf16, JPEG copy (docs/accuracy.md)"
+    return [Recipe("paper", AIRBENCH94_RECIPE, summary=f"airbench94's paper recipe at {share}",
+                   reference="measured here: " + MEASURED_5M[divisor, "paper"] + where),
+            Recipe("muon", muon_recipe(divisor), summary=f"the Muon record's recipe at {share}",
+                   reference="measured here: " + MEASURED_5M[divisor, "muon"] + where)]
+
+
+@register_model(recipes=_member_recipes(2))
+def airbench94_half(num_classes: int = 10, logit_scale: float = OUTPUT_SCALE,
+                    head_std: float | None = None) -> nn.Module:
+    """airbench94 at half its widths (32/128/128): about a quarter of its compute per image."""
+    return AirBench94(num_classes=num_classes, logit_scale=logit_scale, head_std=head_std, widths=member_widths(2))
+
+
+@register_model(recipes=_member_recipes(4))
+def airbench94_quarter(num_classes: int = 10, logit_scale: float = OUTPUT_SCALE,
+                       head_std: float | None = None) -> nn.Module:
+    """airbench94 at a quarter of its widths (16/64/64): about a sixteenth of its compute per image."""
+    return AirBench94(num_classes=num_classes, logit_scale=logit_scale, head_std=head_std, widths=member_widths(4))

@@ -131,9 +131,13 @@ def verify_container(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             names, comment = archive.namelist(), archive.comment
             if comment.startswith(DIGEST_TAG):  # cifarctl's own: a digest of every byte before the comment
-                if _file_sha256(path, path.stat().st_size - len(comment) - 2) != comment[len(DIGEST_TAG):].decode():
+                recorded = comment[len(DIGEST_TAG):].decode("ascii", errors="replace")
+                if _file_sha256(path, path.stat().st_size - len(comment) - 2) != recorded:
                     raise CheckpointError(f"{path} is damaged: its sha256 does not match the one recorded when it "
                                           "was saved; copy it again from where it came from")
+            elif comment:  # torch.save writes none: a comment that is not our digest is one that was damaged
+                raise CheckpointError(f"{path} is damaged: the sha256 recorded when it was saved does not read; "
+                                      "copy it again from where it came from")
             bad = archive.testzip()
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is truncated or damaged: its zip structure does not read ({exc})") from None

@@ -94,6 +94,9 @@ class TrainConfig:
     eval_batch_size: int = 500
     model_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model's factory
     num_classes: int | None = None   # passed to a spec's constructor (None: the dataset's, where it takes one)
+    # What a family's time budget chose and why (``cifarctl train airbench --time-budget 5m``): the
+    # candidates' predictions and this machine's probe (cifarctl.training.choice.Choice); None: named.
+    choice: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from cifarctl.errors import UsageError

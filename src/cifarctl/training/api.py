@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
@@ -27,6 +28,7 @@ from cifarctl.progress import Progress
 from cifarctl.run.config import TrainConfig
 from cifarctl.run.folder import new_run_dir, run_lock
 from cifarctl.run.resume import load_run, resume_config
+from cifarctl.training.choice import FAMILIES, Choice, choose, chosen_settings, is_family
 from cifarctl.training.result import TrainResult
 from cifarctl.training.trainer import Trainer
 
@@ -51,17 +53,24 @@ class RunRequest:
     cfg: TrainConfig
     resume_dir: Path | None = None
     loaded: tuple[TrainConfig, dict[str, Any]] | None = None  # ``load_run(resume_dir)``
+    choice: Choice | None = None  # a family's time budget: the member and recipe it chose, and why
 
 
 def request_run(model: str, recipe: str | None = None, settings: dict[str, Any] | None = None,
-                resume_dir: Path | None = None, init_ckpt: Path | None = None) -> RunRequest:
+                resume_dir: Path | None = None, init_ckpt: Path | None = None,
+                clock: float | None = None) -> RunRequest:
     """What ``cifarctl train MODEL [--recipe R] [flags] [--resume RUN | --ckpt FILE]`` trains: the model's
     recipe with ``settings`` on top, or the run in ``resume_dir`` with the settings a resume may change.
 
+    ``model`` may be a family (``airbench``) with a ``time_budget`` setting: the member and recipe are
+    chosen here (``cifarctl.training.choice``: a probe of a few seconds, counted in the budget from
+    ``clock``, a ``time.monotonic()``; default now); ``recipe`` then narrows the choice to that recipe.
     An unknown model or recipe, or a setting a resume cannot change, fails in one line before anything
     is built. Usage: ``train(request_run("airbench94", "muon", {"epochs": 4}).cfg)``
     """
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    if is_family(model):
+        return _family_request(model, recipe, settings, resume_dir, init_ckpt, clock)
     card = model_card(model)  # an unknown name fails here, with close matches
     model = canonical_spec(model)  # a file spec with its absolute path: the run resumes from any folder
     if resume_dir is not None:
@@ -75,6 +84,36 @@ def request_run(model: str, recipe: str | None = None, settings: dict[str, Any] 
     card.get_recipe(recipe)  # an unknown recipe fails here, naming the model's
     init = {"init_ckpt": str(init_ckpt)} if init_ckpt is not None else {}
     return RunRequest(TrainConfig.for_model(model, recipe, **settings, **init))
+
+
+def _family_request(family: str, recipe: str | None, settings: dict[str, Any], resume_dir: Path | None,
+                    init_ckpt: Path | None, clock: float | None) -> RunRequest:
+    """``cifarctl train airbench --time-budget 5m``: the member and recipe the budget is predicted to do best with."""
+    members = ", ".join(FAMILIES[family])
+    if resume_dir is not None:  # the run's own member and recipe: the choice was made when it began
+        loaded = load_run(resume_dir)
+        if loaded[0].model not in FAMILIES[family]:
+            raise UsageError(f"{resume_dir} is a {loaded[0].model} run, not one of {family}'s ({members}): resume it "
+                             f"with `cifarctl train {loaded[0].model} --resume {resume_dir}`")
+        return RunRequest(resume_config(resume_dir, None, settings, loaded), resume_dir, loaded)
+    if settings.get("time_budget") is None:
+        raise UsageError(f"{family} is a family ({members}): it chooses a member for a time budget. Add "
+                         f"--time-budget (e.g. 5m), or name a member")
+    if init_ckpt is not None:
+        raise UsageError(f"--ckpt holds one member's weights: name the member ({members}) instead of {family}")
+    if settings.get("model_options") or settings.get("num_classes") is not None:
+        raise UsageError(f"--model-kwargs and --num-classes apply to one model: name a member ({members})")
+    if ddp.launched_by_torchrun():
+        raise UsageError(f"under torchrun, name a member ({members}): each process would time its own and "
+                         f"could choose differently")
+    device = resolve_device(settings.get("device") or "auto")
+    choice = choose(family, float(settings["time_budget"]), time.monotonic() if clock is None else clock, device,
+                    amp=settings.get("amp", True), max_tta=settings.get("tta", 2),
+                    recipes=[recipe] if recipe is not None else None,
+                    train_images=50_000 - int(settings.get("val_split") or 0))
+    chosen = choice.chosen
+    cfg = TrainConfig.for_model(chosen.model, chosen.recipe, **chosen_settings(choice, settings))
+    return RunRequest(cfg, choice=choice)
 
 
 def train(cfg: TrainConfig, data: DataSource = None, out_dir: Path | None = None, progress: Progress | None = None,

@@ -17,7 +17,7 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ CALIBRATION_STEPS = 3        # timed steps, after one untimed warm-up step
 CALIBRATION_MIN_S = 1.0      # on fast devices, keep timing steps until this long has passed ...
 CALIBRATION_MAX_STEPS = 50   # ... or this many
 CALIBRATION_SHARE = 0.05     # on slow machines, stop measuring once this share of the budget is spent
+EXTEND_SHARE = 0.02          # a run ahead of its plan by more than this share of its steps is lengthened
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each test-time augmentation level
 # Under a time budget the recipe's test-time augmentation stays unless its final evaluation would take
 # more than this share of the budget (on a 2-core AVX2 CPU, airbench94's level 2 takes 150 s).
@@ -184,6 +185,38 @@ def choose_tta(level: int, batch_s: dict[int, float], batches: int, budget_s: fl
                     f"the final evaluation uses level {chosen} ({batch_s[chosen] * batches:.0f} s) and training the rest")
 
 
+def choose_tta_by_frontier(plan_at: Callable[[int], BudgetPlan], level: int,
+                           accuracy: Callable[[float, int], float]) -> BudgetPlan:
+    """The plan, among TTA levels 0 to ``level``, whose predicted accuracy is highest: a level's evaluation
+    costs the steps its time would have trained, and the frontier says what those steps were worth.
+
+    ``plan_at(tta)`` plans the run with that final level (a level that leaves no time to train is
+    skipped); ``accuracy(epochs, tta)`` is the frontier's prediction. At equal predictions, the lower level.
+    """
+    from cifarctl.errors import UsageError
+
+    options: list[tuple[float, BudgetPlan]] = []
+    failure: UsageError | None = None
+    for tta in range(level + 1):
+        try:
+            plan = plan_at(tta)
+        except UsageError as exc:
+            failure = failure or exc
+            continue
+        options.append((accuracy(plan.epochs, tta), plan))
+    if not options:
+        assert failure is not None
+        raise failure
+    best_acc, best = max(options, key=lambda o: (round(o[0], 6), -o[1].tta))
+    if best.tta != level:
+        at_level = next(((acc, plan) for acc, plan in options if plan.tta == level), None)
+        than = (f", against {at_level[0]:.1f}% with TTA {level} ({at_level[1].epochs:.2f} epochs)"
+                if at_level else f" (TTA {level} leaves no time to train)")
+        best.note = (f"the final evaluation uses TTA {best.tta}: with the {best.epochs:.2f} epochs it leaves, "
+                     f"the frontier predicts {best_acc:.1f}%{than}")
+    return best
+
+
 def time_eval_levels(model: nn.Module, batch: torch.Tensor, tta: int, amp: bool) -> dict[int, float]:
     """Seconds per evaluation batch (``batch``, one of the test loader's) at each test-time augmentation level.
 
@@ -239,12 +272,16 @@ class TimeBudget:
     While it measures, the loop holds the lr at the schedule's first value (the same whatever the
     length), so nothing is thrown away: the steps count towards the plan. Under DDP every rank
     measures a fixed number of steps, so all of them plan at the same step.
+    ``accuracy``, the shipped frontier's prediction for the run's model and recipe, chooses the final
+    TTA level by what it buys (``choose_tta_by_frontier``).
     Usage: ``budget = TimeBudget(300, time.monotonic(), device)``, then after each step
     ``step_s = budget.step_taken()``; when it is not None, ``budget.plan(step_s, ...)``.
     """
 
-    def __init__(self, seconds: float, clock: float, device: Any, distributed: bool = False) -> None:
+    def __init__(self, seconds: float, clock: float, device: Any, distributed: bool = False,
+                 accuracy: Callable[[float, int], float] | None = None) -> None:
         self.seconds, self.clock, self.device, self.distributed = seconds, clock, device, distributed
+        self.accuracy = accuracy  # (epochs, TTA level) -> predicted test accuracy: the run's frontier, if shipped
         self.watch = Stopwatch(device)
         self.measured_steps, self.first_step_s = 0, 0.0
         self.planned: BudgetPlan | None = None     # the plan in force (refitted, perhaps)
@@ -279,27 +316,45 @@ class TimeBudget:
         return self.watch.seconds() / timed if timed else self.first_step_s
 
     def plan(self, step_s: float, level_s: dict[int, float], shape: RunShape, done_steps: int) -> BudgetPlan:
-        """The run's length and final TTA level, from the step time and each TTA level's seconds per batch."""
-        tta, note = choose_tta(shape.tta, level_s, shape.test_batches, self.seconds)
-        per_epoch = shape.val_batches if shape.val_batches is not None else shape.test_batches
-        eval_s = level_s[0] * per_epoch if shape.evaluate and shape.eval_every else 0.0
-        final_eval_s = level_s[tta] * shape.test_batches
-        if shape.val_batches is not None:  # the val pass at the end, and last.pt and best.pt on the test set
-            final_eval_s = eval_s + 2 * final_eval_s
+        """The run's length and final TTA level, from the step time and each TTA level's seconds per batch.
+
+        With a frontier for the run's model and recipe (``accuracy``), the level is the one whose predicted
+        accuracy, after the steps the rest of its time allows, is highest (``choose_tta_by_frontier``);
+        without one, the recipe's level unless it takes more than ``TTA_BUDGET_SHARE`` of the budget.
+        """
         spent = time.monotonic() - self.clock
-        plan = plan_steps(self.seconds, spent, step_s, shape.steps_per_epoch, eval_s, final_eval_s,
-                          shape.eval_every if shape.evaluate else 0, done_steps=done_steps)
-        plan.tta, plan.note, plan.measured_steps = tta, note, done_steps
+
+        def plan_at(tta: int) -> BudgetPlan:
+            per_epoch = shape.val_batches if shape.val_batches is not None else shape.test_batches
+            eval_s = level_s[0] * per_epoch if shape.evaluate and shape.eval_every else 0.0
+            final_eval_s = level_s[tta] * shape.test_batches
+            if shape.val_batches is not None:  # the val pass at the end, and last.pt and best.pt on the test set
+                final_eval_s = eval_s + 2 * final_eval_s
+            plan = plan_steps(self.seconds, spent, step_s, shape.steps_per_epoch, eval_s, final_eval_s,
+                              shape.eval_every if shape.evaluate else 0, done_steps=done_steps)
+            plan.tta, plan.measured_steps = tta, done_steps
+            return plan
+
+        if self.accuracy is not None and shape.tta > 0:
+            plan = choose_tta_by_frontier(plan_at, shape.tta, self.accuracy)
+        else:
+            tta, note = choose_tta(shape.tta, level_s, shape.test_batches, self.seconds)
+            plan = plan_at(tta)
+            plan.note = note
         self.planned, self.first_plan, self.planned_at = plan, plan, (time.monotonic(), done_steps)
         return plan
 
     def refit(self, global_step: int) -> BudgetPlan | None:
-        """At an epoch's end: a shorter plan when the run, at the pace it has kept since it was planned
-        (evaluations and saves included), would end past the budget; None while it is on time.
+        """At an epoch's end: a new length when the run, at the pace it has kept since it was planned
+        (evaluations and saves included), would end past the budget, or well before it; None while on time.
 
         A shared machine can slow down after the first steps were timed (seen here: a fifth to a third
         slower from the third epoch of a small model, by other work on the host), and a budget is a promise
-        about the end. The plan is only ever shortened: a run that turns out faster ends a little early.
+        about the end: the plan shortens. It also lengthens when the run is ahead by more than
+        ``EXTEND_SHARE`` of its steps: steps can get cheaper after the first were timed (airbench's stem
+        stops training after 3 epochs, and with it the backward pass through the stem: a quarter-width
+        member then ran 1.3x faster), and a budget's minutes are there to be trained. The pace it extends
+        by is the slower of the whole run's since the plan and the last epoch's, so the end stays on time.
         """
         plan = self.planned
         since, at_step = self.planned_at
@@ -319,12 +374,15 @@ class TimeBudget:
         slowdown = max(pace / planned_pace, 1.0)
         final_s = first.final_eval_s * slowdown
         left = self.seconds - (now - self.clock) - plan.reserve_s - final_s
-        if (plan.steps - global_step) * pace <= left:
+        fits = global_step + max(int(left // pace), 1)
+        behind = (plan.steps - global_step) * pace > left
+        ahead = fits - plan.steps > max(EXTEND_SHARE * plan.steps, 1)
+        if not (behind or ahead):
             return None
-        steps = global_step + max(int(left // pace), 1)
-        refitted = BudgetPlan(**{**asdict(plan), "steps": steps, "final_eval_s": final_s,
-                                 "note": f"refitted at step {global_step}: this machine ran {slowdown:.2f}x slower "
-                                         "than measured"})
-        refitted.evaluations = evaluations_before_end(steps, plan.steps_per_epoch, 1 if plan.evaluations else 0)
+        change = (f"this machine ran {slowdown:.2f}x slower than measured" if behind else
+                  f"steps took {pace / planned_pace:.2f}x the measured time")
+        refitted = BudgetPlan(**{**asdict(plan), "steps": fits, "final_eval_s": final_s,
+                                 "note": f"refitted at step {global_step}: {change}"})
+        refitted.evaluations = evaluations_before_end(fits, plan.steps_per_epoch, 1 if plan.evaluations else 0)
         self.planned = refitted
         return refitted

@@ -35,6 +35,7 @@ from cifarctl.run.folder import RunFolder
 from cifarctl.training import state as run_state
 from cifarctl.training.budget import BudgetPlan, RunShape, TimeBudget, time_eval_levels
 from cifarctl.training.build import build_loaders, build_model, init_from_data
+from cifarctl.training.choice import frontier_accuracy
 from cifarctl.training.lookahead import Lookahead
 from cifarctl.training.metrics import RunningMetrics
 from cifarctl.training.result import TrainingInterrupted, TrainResult
@@ -93,7 +94,8 @@ class Trainer:
         # A time budget not yet fitted: the run measures its first steps (on the recipe's own length meanwhile).
         self.budget: TimeBudget | None = None
         if cfg.time_budget is not None and cfg.schedule_steps is None and resume is None:
-            self.budget = TimeBudget(cfg.time_budget, clock, self.device, distributed=self.dist.enabled)
+            self.budget = TimeBudget(cfg.time_budget, clock, self.device, distributed=self.dist.enabled,
+                                     accuracy=frontier_accuracy(cfg.model, cfg.recipe))
         if cfg.schedule_steps is None:  # fixed now, so a resumed run keeps this schedule whatever --epochs says
             cfg.schedule_steps = schedule_steps(cfg, len(self.train_loader))
         self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
@@ -306,14 +308,19 @@ class Trainer:
         self.notify(self.plan.describe(display_name(cfg.model)) if self.plan else "")
 
     def _refit_budget(self) -> None:
-        """At an epoch's end: if the machine slowed since the plan, shorten the run so that it still ends in time."""
+        """At an epoch's end: if the pace changed since the plan, refit the run's length so that it ends on time."""
         if self.budget is None or self.budget.measuring or self.finished():
             return
+        before = self.plan.steps if self.plan else 0
         plan = ddp.broadcast_object(self.budget.refit(self.global_step) if self.dist.is_main else None)
         if plan is not None:
             self._apply_plan(plan)
-            self.notify(f"this machine runs slower than when it was measured: {plan.steps:,} steps in all "
-                        f"({plan.epochs:.2f} epochs) keep the run within its {self.budget.seconds:.0f} s")
+            if plan.steps < before:
+                self.notify(f"this machine runs slower than when it was measured: {plan.steps:,} steps in all "
+                            f"({plan.epochs:.2f} epochs) keep the run within its {self.budget.seconds:.0f} s")
+            else:
+                self.notify(f"steps run faster than when they were measured: {plan.steps:,} steps in all "
+                            f"({plan.epochs:.2f} epochs) use the run's {self.budget.seconds:.0f} s")
 
     def _apply_plan(self, plan: BudgetPlan) -> None:
         """Fix the run's length (and its final TTA level) to ``plan``'s, and the schedule to that length."""

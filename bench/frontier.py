@@ -1,0 +1,229 @@
+"""Measure the airbench family's frontier and write the file ``cifarctl train airbench --time-budget`` reads.
+
+The frontier is what each candidate (a member and a recipe) reaches after a budgeted run of each
+length, and the times on the machine it was measured on that turn epochs into seconds. Three steps,
+each alone on the machine (nothing else running: they are timings):
+
+1. the runs, one per candidate and budget (real CIFAR-10 imported into CIFARCTL_HOME), each evaluated
+   afterwards at TTA levels 0, 1 and 2 (the budget's own evaluation used one; the frontier needs all
+   three for the TTA rule); ``runs.jsonl`` gets a line per run::
+
+       python bench/frontier.py run --out /tmp/frontier airbench94_half:muon:5m airbench94:paper:2m ...
+
+2. the probe the chooser runs at start-up, and each member's evaluation time per image, on this machine::
+
+       python bench/frontier.py probe --out /tmp/frontier
+
+3. the file itself, from both, and the plot in docs/::
+
+       python bench/frontier.py build --out /tmp/frontier --cpu "2-core AMD EPYC (Zen 4, bf16)"
+       python bench/frontier.py plot --out /tmp/frontier
+
+docs/accuracy.md has the runs this release ships, and how they were made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FRONTIER = Path(__file__).resolve().parents[1] / "src" / "cifarctl" / "training" / "frontier.json"
+TRAIN_IMAGES = 50_000
+
+
+def run(out: Path, specs: list[str], seed: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        model, recipe, budget = spec.split(":")
+        run_dir = out / "runs" / f"{model}_{recipe}_{budget}_s{seed}_{time.strftime('%H%M%S')}"
+        started = time.perf_counter()
+        code = subprocess.call(["cifarctl", "train", model, "--recipe", recipe, "--device", "cpu",
+                                "--time-budget", budget, "--seed", str(seed), "--out", str(run_dir)])
+        wall = time.perf_counter() - started
+        accuracy = {}
+        for level in (0, 1, 2):
+            shown = subprocess.run(["cifarctl", "evaluate", model, "--ckpt", str(run_dir / "last.pt"),
+                                    "--device", "cpu", "--tta", str(level), "--json"],
+                                   capture_output=True, text=True, check=False)
+            accuracy[level] = json.loads(shown.stdout)["accuracy"] if shown.returncode == 0 else None
+        record = {"spec": spec, "rc": code, "wall": round(wall, 1), "dir": str(run_dir), "seed": seed,
+                  **{f"tta{k}": [v, None] for k, v in accuracy.items()}}
+        with open(out / "runs.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def probe(out: Path, repeats: int) -> None:
+    import torch
+
+    from cifarctl.device import autocast_dtype, default_channels_last
+    from cifarctl.models import create_model
+    from cifarctl.training.budget import time_eval_levels
+    from cifarctl.training.choice import FAMILIES, probe_member
+
+    device = torch.device("cpu")
+    found: dict = {"probe_s_per_image": {}, "eval_s_per_image": {}}
+    for member in FAMILIES["airbench"]:
+        found["probe_s_per_image"][member] = statistics.median(probe_member(member, device) for _ in range(repeats))
+        net = create_model(member)  # in the memory format a training run evaluates it in
+        if default_channels_last(device, autocast_dtype(device, True)):
+            net = net.to(memory_format=torch.channels_last)
+        batch = torch.randn(500, 3, 32, 32)
+        levels = [time_eval_levels(net, batch, 2, amp=False) for _ in range(repeats)]
+        found["eval_s_per_image"][member] = {lv: statistics.median(t[lv] for t in levels) / 500 for lv in (0, 1, 2)}
+        print(member, found["probe_s_per_image"][member], found["eval_s_per_image"][member], flush=True)
+    (out / "probe.json").write_text(json.dumps(found, indent=1))
+
+
+def run_times(run_dir: Path) -> tuple[float, float, float]:
+    """(epochs trained, training seconds per image, start-up seconds before training) of one budgeted run."""
+    config = json.loads((run_dir / "config.json").read_text())
+    plan = config["budget_plan"]
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if '"type": "epoch"' in line]
+    seconds = sum(e["seconds"] for e in epochs)
+    trained = epochs[-1]["global_step"] / plan["steps_per_epoch"]
+    startup = plan["spent_s"] - plan["measured_steps"] * plan["step_s"]
+    return trained, seconds / (trained * TRAIN_IMAGES), startup
+
+
+def build(out: Path, cpu: str) -> None:
+    probed = json.loads((out / "probe.json").read_text())
+    candidates: dict[tuple[str, str], dict] = {}
+    startups = []
+    for line in (out / "runs.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["rc"] != 0 or "tta0" not in record:
+            continue
+        model, recipe, _ = record["spec"].split(":")
+        epochs, s_per_image, startup = run_times(Path(record["dir"]))
+        startups.append(startup)
+        entry = candidates.setdefault((model, recipe), {"model": model, "recipe": recipe, "points": [], "speeds": []})
+        entry["speeds"].append(s_per_image)
+        entry["points"].append({"epochs": round(epochs, 3), "budget": record["spec"].split(":")[2],
+                                "seed": record.get("seed", 0),
+                                "accuracy": {str(lv): record[f"tta{lv}"][0] for lv in (0, 1, 2)}})
+    shipped = []
+    for entry in candidates.values():
+        entry["train_s_per_image"] = statistics.median(entry.pop("speeds"))
+        entry["points"] = merge_seeds(entry["points"])
+        shipped.append(entry)
+    frontier = {
+        "measured_on": cpu,
+        "how": "budgeted runs of each candidate (cifarctl train MEMBER --recipe R --time-budget B --device cpu), "
+               "on the JPEG copy of CIFAR-10, each evaluated after at TTA 0, 1 and 2; bench/frontier.py",
+        "probe_s_per_image": probed["probe_s_per_image"],
+        "eval_s_per_image": probed["eval_s_per_image"],
+        "startup_s": round(statistics.median(startups), 2),
+        "candidates": sorted(shipped, key=lambda c: (c["model"], c["recipe"])),
+    }
+    FRONTIER.write_text(json.dumps(frontier, indent=1) + "\n")
+    print(f"wrote {FRONTIER}")
+
+
+def merge_seeds(points: list[dict]) -> list[dict]:
+    """Runs of one budget with several seeds: one point, their mean epochs and accuracies."""
+    by_budget: dict[str, list[dict]] = {}
+    for point in points:
+        by_budget.setdefault(point["budget"], []).append(point)
+    merged = []
+    for budget, runs in by_budget.items():
+        merged.append({"epochs": round(statistics.mean(p["epochs"] for p in runs), 3), "budget": budget,
+                       "seeds": len(runs),
+                       "accuracy": {lv: round(statistics.mean(p["accuracy"][lv] for p in runs), 2)
+                                    for lv in ("0", "1", "2")}})
+    return sorted(merged, key=lambda p: p["epochs"])
+
+
+def plot(out: Path, image: Path) -> None:
+    """Accuracy against the budget, one line per candidate (the best TTA level of each run), and the chooser's runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    lines: dict[str, dict[float, list[float]]] = {}
+    chosen: dict[float, list[float]] = {}
+    for line in (out / "runs.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["rc"] != 0:
+            continue
+        model, recipe, budget = record["spec"].split(":")
+        minutes = float(budget.rstrip("m"))
+        if model == "airbench":
+            final = [json.loads(x) for x in (Path(record["dir"]) / "metrics.jsonl").read_text().splitlines()
+                     if '"test_acc"' in x][-1]["test_acc"]
+            chosen.setdefault(minutes, []).append(final)
+            continue
+        best = max(record[f"tta{lv}"][0] for lv in (0, 1, 2))
+        lines.setdefault(f"{model} {recipe}", {}).setdefault(minutes, []).append(best)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in sorted(lines.items()):
+        xs = sorted(points)
+        ax.plot(xs, [statistics.mean(points[x]) for x in xs], marker="o", label=label,
+                linestyle="-" if "muon" in label else "--")
+    if chosen:
+        xs = sorted(chosen)
+        ax.plot(xs, [statistics.mean(chosen[x]) for x in xs], marker="*", markersize=14, color="black",
+                linestyle="none", label="airbench --time-budget (chosen)")
+    ax.set_xscale("log")
+    ax.set_xticks([2, 5, 15], ["2m", "5m", "15m"])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("time budget, whole command")
+    ax.set_ylabel("test accuracy (%), best TTA level")
+    ax.set_title("airbench family on a 2-core CPU (JPEG copy of CIFAR-10)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(image, dpi=110)
+    print(f"drew {image}")
+
+
+def table(out: Path) -> None:
+    """The runs as a markdown table: each candidate's epochs and accuracy at each TTA level, per budget."""
+    print("| candidate | budget | epochs | TTA 0 | TTA 1 | TTA 2 | whole command | s/image (training) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rows = []
+    for line in (out / "runs.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        model, recipe, budget = record["spec"].split(":")
+        if record["rc"] != 0 or model == "airbench":
+            continue
+        epochs, s_per_image, _ = run_times(Path(record["dir"]))
+        rows.append((model, recipe, float(budget.rstrip("m")), budget, epochs, s_per_image, record))
+    for model, recipe, _, budget, epochs, s_per_image, record in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
+        accs = " | ".join(f"{record[f'tta{lv}'][0]:.2f}%" for lv in (0, 1, 2))
+        print(f"| {model} {recipe} | {budget} | {epochs:.2f} | {accs} | {record['wall']:.0f} s | "
+              f"{s_per_image * 1e3:.2f} ms |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=("run", "probe", "build", "plot", "table"))
+    parser.add_argument("specs", nargs="*", help="run: MEMBER:RECIPE:BUDGET ...")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cpu", default=os.environ.get("FRONTIER_CPU", "this machine"))
+    parser.add_argument("--image", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "frontier.png")
+    args = parser.parse_args()
+    if args.step == "run":
+        run(args.out, args.specs, args.seed)
+    elif args.step == "probe":
+        probe(args.out, args.repeats)
+    elif args.step == "build":
+        build(args.out, args.cpu)
+    elif args.step == "table":
+        table(args.out)
+    else:
+        plot(args.out, args.image)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

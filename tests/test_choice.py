@@ -1,0 +1,229 @@
+"""A time budget that chooses the model: the frontier's prediction, the choice, the TTA rule, the family's
+members, and a chosen run recorded and resumed."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cifarctl.cli import app
+from cifarctl.errors import UsageError
+from cifarctl.models import create_model
+from cifarctl.run.config import TrainConfig
+from cifarctl.models.user import resolve_model
+from cifarctl.trace import inspect_model
+from cifarctl.training import request_run, resume, train
+from cifarctl.training.budget import BudgetPlan, RunShape, TimeBudget, choose_tta_by_frontier
+from cifarctl.training.choice import (CHANCE, Candidate, Frontier, choose, family_of, frontier_accuracy, is_family,
+                                      predict, shipped_frontier)
+
+from conftest import tiny_dataset
+from test_budget import fix_the_clock
+
+choice_mod = importlib.import_module("cifarctl.training.choice")
+budget_mod = importlib.import_module("cifarctl.training.budget")
+MEMBERS = ("airbench94", "airbench94_half", "airbench94_quarter")
+
+
+def points(*rows: tuple[float, float, float, float]) -> tuple:
+    return tuple((e, {0: a0, 1: a1, 2: a2}) for e, a0, a1, a2 in rows)
+
+
+# A made-up frontier with the shape the measured one has: the wide net is better per epoch, the narrow
+# one four times cheaper per image; TTA buys a point or two. Times are seconds per image "there".
+FRONTIER = Frontier(
+    measured_on="a test machine",
+    probe_s_per_image={"airbench94": 1e-3, "airbench94_half": 4e-4, "airbench94_quarter": 2.5e-4},
+    eval_s_per_image={"airbench94": {0: 3e-4, 1: 6e-4, 2: 2e-3}, "airbench94_half": {0: 1e-4, 1: 2e-4, 2: 7e-4},
+                      "airbench94_quarter": {0: 5e-5, 1: 1e-4, 2: 3.5e-4}},
+    startup_s=5.0,
+    candidates=(
+        Candidate("airbench94", "paper", 2.6e-3, points((0.5, 60, 61, 62), (2.0, 80, 81, 82), (8.0, 90, 91, 92))),
+        Candidate("airbench94_half", "muon", 1.0e-3, points((1.0, 65, 66, 67), (4.0, 83, 84, 85), (16.0, 88, 89, 90))),
+        Candidate("airbench94_quarter", "paper", 4.0e-4,
+                  points((2.0, 72, 73, 74), (8.0, 82, 83, 84), (30.0, 84, 85, 86))),
+    ))
+
+
+def test_the_frontier_interpolates_in_log_epochs_and_never_extrapolates_upwards() -> None:
+    c = FRONTIER.candidates[0]
+    # Below 0.5 epochs: the slope from 0.5 to 2 (20 points per factor 4) carried down, never below chance.
+    assert c.accuracy(0, 0) == CHANCE and c.accuracy(0.25, 0) == pytest.approx(60 - 20 / 2)
+    assert c.accuracy(0.001, 0) == CHANCE
+    single = Candidate("airbench94", "paper", 1e-3, points((2.0, 50, 50, 50)))
+    assert single.accuracy(1.0, 0) == pytest.approx(CHANCE + (50 - CHANCE) / 2)  # one length: from chance
+    assert c.accuracy(2.0, 1) == 81 and c.accuracy(1.0, 0) == pytest.approx(70)  # halfway between 0.5 and 2 in log
+    assert c.accuracy(4.0, 2) == pytest.approx(87) and c.accuracy(100.0, 0) == 90  # past 8 epochs: held at 90
+
+
+def test_the_prediction_turns_seconds_into_epochs_with_this_machines_speed() -> None:
+    speed = {m: 2.0 for m in MEMBERS}  # half as fast as the frontier's machine
+    ranked = predict(FRONTIER, 600, speed)
+    assert [p.accuracy for p in ranked] == sorted((p.accuracy for p in ranked), reverse=True)
+    wide = next(p for p in ranked if p.model == "airbench94")
+    # 600 s less start-up (5 s there, 10 here) and the chosen level's evaluation, at 5.2 ms an image.
+    expected = (600 - 10 - wide.eval_s) / (2 * 2.6e-3 * 50_000)
+    assert wide.epochs == pytest.approx(expected) and wide.eval_s == pytest.approx(FRONTIER.eval_s_per_image[
+        "airbench94"][wide.tta] * 2 * 10_000)
+    assert wide.accuracy == pytest.approx(FRONTIER.candidates[0].accuracy(expected, wide.tta))
+
+
+@pytest.mark.parametrize("seconds, expected", [(150, "airbench94_quarter"), (600, "airbench94_half"),
+                                               (20_000, "airbench94")])
+def test_a_budget_chooses_by_what_each_candidate_reaches(seconds: float, expected: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(choice_mod.time, "monotonic", lambda: 100.0)
+    probed: list[str] = []
+
+    def probe(member: str) -> float:
+        probed.append(member)
+        return FRONTIER.probe_s_per_image[member]  # this machine is the frontier's
+
+    chosen = choose("airbench", seconds, clock=100.0, device=torch.device("cpu"), frontier=FRONTIER, probe=probe)
+    assert probed == list(MEMBERS) and chosen.speed == {m: 1.0 for m in MEMBERS}
+    assert chosen.chosen.model == expected
+    every = [chosen.chosen, *chosen.others]
+    assert chosen.chosen.accuracy == max(p.accuracy for p in every) and len(every) == 3
+    assert "predicted" in chosen.describe() and expected in chosen.describe()
+
+
+def test_a_machine_where_width_costs_nothing_chooses_the_widest(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU: every member's probe takes the same time, so the narrow ones are 2.5-4x slower than "there"
+    # relative to the wide one, and the wide net's better epochs win at a budget where a CPU takes the half.
+    monkeypatch.setattr(choice_mod.time, "monotonic", lambda: 0.0)
+    cpu = choose("airbench", 600, 0.0, torch.device("cpu"), frontier=FRONTIER,
+                 probe=lambda m: FRONTIER.probe_s_per_image[m])
+    gpu = choose("airbench", 600, 0.0, torch.device("cpu"), frontier=FRONTIER, probe=lambda m: 1e-4)
+    assert cpu.chosen.model == "airbench94_half" and gpu.chosen.model == "airbench94"
+
+
+def test_a_recipe_narrows_the_choice_and_an_unknown_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(choice_mod.time, "monotonic", lambda: 0.0)
+    only = choose("airbench", 900, 0.0, torch.device("cpu"), frontier=FRONTIER, recipes=["paper"],
+                  probe=lambda m: FRONTIER.probe_s_per_image[m])
+    assert {p.recipe for p in [only.chosen, *only.others]} == {"paper"}
+    with pytest.raises(UsageError, match="no airbench candidate with recipe sam"):
+        choose("airbench", 900, 0.0, torch.device("cpu"), frontier=FRONTIER, recipes=["sam"], probe=lambda m: 1.0)
+    with pytest.raises(UsageError, match="leaves no time"):
+        choose("airbench", 10, 0.0, torch.device("cpu"), frontier=FRONTIER, probe=lambda m: 1.0)
+
+
+def _plan_at(step_s: float, level_s: dict[int, float], budget_s: float):
+    shape = RunShape(steps_per_epoch=49, test_batches=20, val_batches=None, evaluate=True, eval_every=0, tta=2)
+
+    def plan_at(tta: int) -> BudgetPlan:
+        plan = budget_mod.plan_steps(budget_s, 10.0, step_s, shape.steps_per_epoch,
+                                     final_eval_s=level_s[tta] * shape.test_batches)
+        plan.tta = tta
+        return plan
+    return plan_at
+
+
+def test_the_tta_level_is_chosen_by_what_it_buys_against_the_steps_it_costs() -> None:
+    level_s = {0: 1.0, 1: 2.0, 2: 6.0}  # seconds per test batch: level 2 costs 120 s of evaluation
+    c = FRONTIER.candidates[0]
+    short = choose_tta_by_frontier(_plan_at(2.0, level_s, 300), 2, c.accuracy)
+    # 300 s: TTA 2 leaves 1.65 epochs (79.2%), TTA 1 2.47 (82.5%), TTA 0 2.67 (82.1%): level 1 buys most.
+    assert short.tta == 1 and "uses TTA 1" in short.note and "with TTA 2 (1.65 epochs)" in short.note
+    long = choose_tta_by_frontier(_plan_at(2.0, level_s, 5000), 2, c.accuracy)
+    assert long.tta == 2 and long.note == ""  # past the frontier's longest run the steps buy nothing more
+    options = {t: c.accuracy(_plan_at(2.0, level_s, 300)(t).epochs, t) for t in (0, 1, 2)}
+    assert max(options, key=options.get) == short.tta
+
+
+def test_a_level_that_leaves_no_time_to_train_is_skipped() -> None:
+    level_s = {0: 0.1, 1: 0.2, 2: 50.0}  # level 2 alone would take 1000 s
+    plan = choose_tta_by_frontier(_plan_at(1.0, level_s, 300), 2, FRONTIER.candidates[0].accuracy)
+    assert plan.tta in (0, 1) and plan.steps > 0
+
+
+def test_a_budgeted_run_of_a_member_chooses_its_tta_from_the_shipped_frontier() -> None:
+    for model in MEMBERS:
+        for recipe in ("paper", "muon"):
+            assert frontier_accuracy(model, recipe) is not None, (model, recipe)
+    assert frontier_accuracy("resnet18", "onecycle") is None and frontier_accuracy("airbench94", "sam") is None
+    assert is_family("airbench") and family_of("airbench94_half") == "airbench" and family_of("vgg16") is None
+
+
+def test_the_shipped_frontier_measures_every_candidate() -> None:
+    shipped = shipped_frontier()
+    assert {(c.model, c.recipe) for c in shipped.candidates} == {(m, r) for m in MEMBERS for r in ("paper", "muon")}
+    for c in shipped.candidates:
+        assert len(c.points) >= 2 and all(e0 < e1 for (e0, _), (e1, _) in zip(c.points, c.points[1:]))
+        assert all(CHANCE < acc[level] < 100 for _, acc in c.points for level in (0, 1, 2))
+        assert c.train_s_per_image > 0
+    for member in MEMBERS:
+        assert shipped.probe_s_per_image[member] > 0 and set(shipped.eval_s_per_image[member]) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("member, divisor", [("airbench94_half", 2), ("airbench94_quarter", 4)])
+def test_the_family_members_are_airbench94_at_a_fraction_of_its_widths(member: str, divisor: int) -> None:
+    wide, narrow = create_model("airbench94"), create_model(member)
+    assert narrow.block1.conv1.out_channels == 64 // divisor and narrow.head.in_features == 256 // divisor
+    assert type(narrow) is type(wide) and narrow.whiten.weight.shape == wide.whiten.weight.shape
+    report, wide_report = (inspect_model(resolve_model(m)[1], [2, 3, 32, 32], name=m) for m in (member, "airbench94"))
+    assert report.ok and report.output == [[2, 10]]
+    assert wide_report.total_macs / report.total_macs > divisor ** 2 * 0.7  # compute falls with the width squared
+
+
+def test_airbench94_itself_is_unchanged() -> None:
+    net = create_model("airbench94")
+    assert sum(p.numel() for p in net.parameters()) == 1_972_792
+    widths = [net.block1.conv1.out_channels, net.block2.conv1.out_channels, net.block3.conv1.out_channels]
+    assert widths == [64, 256, 256]
+
+
+def _fake_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(choice_mod, "shipped_frontier", lambda: FRONTIER)
+    monkeypatch.setattr(choice_mod, "probe_member", lambda m, device, amp=True: FRONTIER.probe_s_per_image[m] / 50)
+
+
+def test_a_chosen_run_is_recorded_and_a_resume_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_choice(monkeypatch)  # a machine 50x faster than the frontier's: 600 s is a long budget there
+    request = request_run("airbench", settings={"time_budget": 600.0, "device": "cpu", "data": "fake", "amp": False,
+                                                "eval_batch_size": 50})
+    assert request.choice is not None and request.cfg.model == request.choice.chosen.model == "airbench94"
+    cfg = request.cfg
+    assert cfg.recipe == request.choice.chosen.recipe and cfg.choice["chosen"]["model"] == cfg.model
+    assert cfg.batch_size == TrainConfig.for_model(cfg.model, cfg.recipe).batch_size  # the member's own recipe
+    cfg.time_budget, cfg.max_steps, cfg.schedule_steps, cfg.batch_size = None, 2, 4, 50  # tiny, for the test
+    cfg.epochs = 1
+    train(cfg, tiny_dataset(), tmp_path / "run")
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["model"] == cfg.model and recorded["choice"]["family"] == "airbench"
+    assert recorded["choice"]["chosen"] == request.choice.to_dict()["chosen"]
+    again = request_run("airbench", settings={"max_steps": 4}, resume_dir=tmp_path / "run")
+    assert again.choice is None and again.cfg.model == cfg.model and again.cfg.choice == recorded["choice"]
+    result = resume(tmp_path / "run", tiny_dataset(), overrides={"max_steps": 4})
+    assert result.global_step == 4
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["choice"] == recorded["choice"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({}, "chooses a member for a time budget"),
+    ({"time_budget": 60.0, "model_options": {"x": 1}}, "name a member"),
+])
+def test_a_family_without_what_it_needs_is_refused_in_one_line(settings: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        request_run("airbench", settings=settings)
+
+
+def test_the_cli_says_what_it_chose_before_and_after(cached, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_choice(monkeypatch)
+    fix_the_clock(monkeypatch)  # every step and evaluation "takes" 10 s
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "airbench", "--time-budget", "100s", "--offline", "--device", "cpu",
+                                      "--recipe", "paper", "--batch-size", "50", "--out", str(out), "--no-amp"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    chosen = config["choice"]["chosen"]
+    assert chosen["recipe"] == "paper" and config["model"] == chosen["model"]
+    assert f"{chosen['model']} with paper, about" in result.output and "predicted" in result.output
+    assert "time budget 1m40s:" in result.output and f"of {chosen['model']} with paper, TTA" in result.output
+    refused = CliRunner().invoke(app, ["train", "airbench", "--epochs", "1", "--data", "fake"])
+    assert refused.exit_code != 0 and "--time-budget" in refused.output and "Traceback" not in refused.output
