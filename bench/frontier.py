@@ -14,10 +14,19 @@ each alone on the machine (nothing else running: they are timings):
 
        python bench/frontier.py probe --out /tmp/frontier
 
+   A run made another way (the recipe's own full length, say) joins the frontier as a point, with its
+   epochs and its accuracy at each TTA level::
+
+       python bench/frontier.py point airbench94:paper:full --out /tmp/frontier --epochs 10 \
+           --accuracy 89.69 90.34 90.41 --source "cifarctl train airbench94 --device cpu, evaluated at TTA 0-2"
+
 3. the file itself, from both, and the plot in docs/::
 
        python bench/frontier.py build --out /tmp/frontier --cpu "2-core AMD EPYC (Zen 4, bf16)"
        python bench/frontier.py plot --out /tmp/frontier
+
+   The plot also draws ``clock.jsonl`` there, if present: the rows ``bench/time_to_accuracy.py
+   airbench94 --clock S --eval-tta 0 --eval-reserve R`` prints, the default cut by the clock.
 
 docs/accuracy.md has the runs this release ships, and how they were made.
 """
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -56,6 +66,15 @@ def run(out: Path, specs: list[str], seed: int) -> None:
                   **{f"tta{k}": [v, None] for k, v in accuracy.items()}}
         with open(out / "runs.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def point(out: Path, spec: str, epochs: float, accuracy: list[float], source: str) -> None:
+    """A run made outside ``run`` (no run folder to read its times from): its epochs and accuracies only."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"spec": spec, "rc": 0, "epochs": epochs, "source": source,
+              **{f"tta{level}": [value, None] for level, value in enumerate(accuracy)}}
+    with open(out / "runs.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def probe(out: Path, repeats: int) -> None:
@@ -101,10 +120,13 @@ def build(out: Path, cpu: str) -> None:
         if record["rc"] != 0 or "tta0" not in record:
             continue
         model, recipe, _ = record["spec"].split(":")
-        epochs, s_per_image, startup = run_times(Path(record["dir"]))
-        startups.append(startup)
         entry = candidates.setdefault((model, recipe), {"model": model, "recipe": recipe, "points": [], "speeds": []})
-        entry["speeds"].append(s_per_image)
+        if "epochs" in record:  # a point: accuracy only, its times unknown
+            epochs = record["epochs"]
+        else:
+            epochs, s_per_image, startup = run_times(Path(record["dir"]))
+            startups.append(startup)
+            entry["speeds"].append(s_per_image)
         entry["points"].append({"epochs": round(epochs, 3), "budget": record["spec"].split(":")[2],
                                 "seed": record.get("seed", 0),
                                 "accuracy": {str(lv): record[f"tta{lv}"][0] for lv in (0, 1, 2)}})
@@ -152,9 +174,11 @@ def plot(out: Path, image: Path) -> None:
     chosen: dict[float, list[float]] = {}
     for line in (out / "runs.jsonl").read_text().splitlines():
         record = json.loads(line)
-        if record["rc"] != 0:
+        if record["rc"] != 0 or record.get("extra"):  # a run with flags of its own (--no-amp) is another line
             continue
         model, recipe, budget = record["spec"].split(":")
+        if "epochs" in record:  # a point of no budget: not on a minutes axis
+            continue
         minutes = float(budget.rstrip("m"))
         if model == "airbench":
             final = [json.loads(x) for x in (Path(record["dir"]) / "metrics.jsonl").read_text().splitlines()
@@ -171,7 +195,16 @@ def plot(out: Path, image: Path) -> None:
     if chosen:
         xs = sorted(chosen)
         ax.plot(xs, [statistics.mean(chosen[x]) for x in xs], marker="*", markersize=14, color="black",
-                linestyle="none", label="airbench --time-budget (chosen)")
+                linestyle="none", label="airbench --time-budget (chosen; mean of its runs)")
+    cut: dict[float, list[float]] = {}  # bench/time_to_accuracy.py --clock rows: the default cut by the clock
+    if (out / "clock.jsonl").exists():
+        for line in (out / "clock.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            cut.setdefault(row["clock_s"] / 60, []).append(row["test_accuracy"])
+    if cut:
+        xs = sorted(cut)
+        ax.plot(xs, [statistics.mean(cut[x]) for x in xs], marker="x", markersize=10, color="grey",
+                linestyle=":", label="airbench94 (default), its schedule cut by the clock")
     ax.set_xscale("log")
     ax.set_xticks([2, 5, 15], ["2m", "5m", "15m"])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -195,26 +228,37 @@ def table(out: Path) -> None:
         model, recipe, budget = record["spec"].split(":")
         if record["rc"] != 0 or model == "airbench":
             continue
+        if "epochs" in record:
+            rows.append((model, recipe, math.inf, budget, record["epochs"], None, record))
+            continue
         epochs, s_per_image, _ = run_times(Path(record["dir"]))
         rows.append((model, recipe, float(budget.rstrip("m")), budget, epochs, s_per_image, record))
     for model, recipe, _, budget, epochs, s_per_image, record in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
         accs = " | ".join(f"{record[f'tta{lv}'][0]:.2f}%" for lv in (0, 1, 2))
-        print(f"| {model} {recipe} | {budget} | {epochs:.2f} | {accs} | {record['wall']:.0f} s | "
-              f"{s_per_image * 1e3:.2f} ms |")
+        wall = "-" if s_per_image is None else f"{record['wall']:.0f} s"
+        speed = "-" if s_per_image is None else f"{s_per_image * 1e3:.2f} ms"
+        print(f"| {model} {recipe} | {budget} | {epochs:.2f} | {accs} | {wall} | {speed} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("run", "probe", "build", "plot", "table"))
-    parser.add_argument("specs", nargs="*", help="run: MEMBER:RECIPE:BUDGET ...")
+    parser.add_argument("step", choices=("run", "point", "probe", "build", "plot", "table"))
+    parser.add_argument("specs", nargs="*", help="run: MEMBER:RECIPE:BUDGET ...; point: MEMBER:RECIPE:LABEL")
+    parser.add_argument("--epochs", type=float, help="point: the epochs it trained")
+    parser.add_argument("--accuracy", type=float, nargs=3, help="point: its test accuracy at TTA 0, 1 and 2")
+    parser.add_argument("--source", default="", help="point: how it was made")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpu", default=os.environ.get("FRONTIER_CPU", "this machine"))
     parser.add_argument("--image", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "frontier.png")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # the specs may follow --out
     if args.step == "run":
         run(args.out, args.specs, args.seed)
+    elif args.step == "point":
+        if len(args.specs) != 1 or args.epochs is None or args.accuracy is None:
+            parser.error("point takes one MEMBER:RECIPE:LABEL, --epochs and --accuracy")
+        point(args.out, args.specs[0], args.epochs, args.accuracy, args.source)
     elif args.step == "probe":
         probe(args.out, args.repeats)
     elif args.step == "build":

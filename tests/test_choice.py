@@ -18,7 +18,7 @@ from cifarctl.run.config import TrainConfig
 from cifarctl.models.user import resolve_model
 from cifarctl.trace import inspect_model
 from cifarctl.training import request_run, resume, train
-from cifarctl.training.budget import BudgetPlan, RunShape, TimeBudget, choose_tta_by_frontier
+from cifarctl.training.budget import BudgetPlan, RunShape, choose_tta_by_frontier
 from cifarctl.training.choice import (CHANCE, Candidate, Frontier, choose, family_of, frontier_accuracy, is_family,
                                       predict, shipped_frontier)
 
@@ -159,6 +159,20 @@ def test_the_shipped_frontier_measures_every_candidate() -> None:
         assert c.train_s_per_image > 0
     for member in MEMBERS:
         assert shipped.probe_s_per_image[member] > 0 and set(shipped.eval_s_per_image[member]) == {0, 1, 2}
+
+
+def test_the_shipped_frontier_sends_a_fast_machine_to_the_widest_member(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU: every member's probe takes the same short time, and 5 minutes hold more epochs of each than
+    # any budgeted CPU run measured. Past its longest run a candidate is held at that run's accuracy, so
+    # the frontier must reach airbench94's full-length accuracy, or the narrow members' longer CPU runs
+    # would win a choice they lose on the GPU.
+    monkeypatch.setattr(choice_mod.time, "monotonic", lambda: 0.0)
+    shipped = shipped_frontier()
+    fast = choose("airbench", 300, 0.0, torch.device("cpu"), frontier=shipped, probe=lambda m: 1e-6)
+    assert fast.chosen.model == "airbench94" and fast.chosen.epochs > 20
+    on_its_own_machine = choose("airbench", 300, 0.0, torch.device("cpu"), frontier=shipped,
+                                probe=lambda m: shipped.probe_s_per_image[m])
+    assert on_its_own_machine.chosen.model != "airbench94"  # where it was measured, a narrow member wins 5 minutes
 
 
 @pytest.mark.parametrize("member, divisor", [("airbench94_half", 2), ("airbench94_quarter", 4)])
