@@ -138,7 +138,8 @@ def build(out: Path, cpu: str) -> None:
     frontier = {
         "measured_on": cpu,
         "how": "budgeted runs of each candidate (cifarctl train MEMBER --recipe R --time-budget B --device cpu), "
-               "on the JPEG copy of CIFAR-10, each evaluated after at TTA 0, 1 and 2; bench/frontier.py",
+               "on the JPEG copy of CIFAR-10, each evaluated after at TTA 0, 1 and 2; a point whose budget is "
+               "'full' is the recipe's own length, unbudgeted (docs/accuracy.md); bench/frontier.py",
         "probe_s_per_image": probed["probe_s_per_image"],
         "eval_s_per_image": probed["eval_s_per_image"],
         "startup_s": round(statistics.median(startups), 2),
