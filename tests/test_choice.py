@@ -21,6 +21,7 @@ from cifarctl.training import request_run, resume, train
 from cifarctl.training.budget import BudgetPlan, RunShape, choose_tta_by_frontier
 from cifarctl.training.choice import (CHANCE, Candidate, Frontier, choose, family_of, frontier_accuracy, is_family,
                                       predict, shipped_frontier)
+from cifarctl.training.schedule import build_optimizer
 
 from conftest import tiny_dataset
 from test_budget import fix_the_clock
@@ -187,14 +188,16 @@ def test_the_family_members_are_airbench94_at_a_fraction_of_its_widths(member: s
 
 def _head_step(member: str) -> float:
     """How far one step of the member's Muon recipe moves its logits, from the head alone, on rectified features."""
-    from cifarctl.training.schedule import build_optimizer
     cfg = TrainConfig.for_model(member, "muon")
     torch.manual_seed(0)
     model = create_model(member, **cfg.model_options)
     head_lr = {g["name"]: g["lr"] for g in build_optimizer(cfg, model).param_groups}["head"]
     features = torch.randn(cfg.batch_size, model.head.in_features).relu()  # like the pooled activations
     labels = torch.randint(0, 10, (cfg.batch_size,))
-    logits = lambda: model.head(features) * model.logit_scale  # noqa: E731
+
+    def logits() -> torch.Tensor:
+        return model.head(features) * model.logit_scale
+
     before = logits().detach()
     torch.nn.functional.cross_entropy(logits(), labels).backward()
     with torch.no_grad():
