@@ -31,6 +31,13 @@ def _config():
                        log_every=1, amp=False, seed=5)
 
 
+def _micro_config():
+    """Each rank's 25 images as chunks of 9, 8 and 8: only the last chunk's backward all-reduces."""
+    import dataclasses
+
+    return dataclasses.replace(_config(), micro_batch=10)
+
+
 def _airbench_config():
     from cifarctl.engine import TrainConfig
 
@@ -61,11 +68,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo on POSIX")
-def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rank_config", [_config, _micro_config], ids=["whole", "micro-batches"])
+def test_two_gloo_ranks_match_one_process(tmp_path: Path, rank_config) -> None:
     from cifarctl.training.trainer import Trainer
 
     single = Trainer(_config(), tiny_dataset(), tmp_path / "single").run()
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path / "ddp"), rank_config), nprocs=2, join=True)
     one = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
     two = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert two["world_size"] == 2 and isinstance(two["rng"], list) and len(two["rng"]) == 2

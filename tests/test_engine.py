@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -120,6 +121,30 @@ def test_recipes_run(tmp_path: Path, recipe: dict) -> None:
     assert decay["weights"] == cfg.weight_decay and decay["norm_bias"] == decay["other_bias"] == 0
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not all(torch.equal(v, create_model("resnet50").state_dict()[k]) for k, v in state["model"].items())
+
+
+def _plain_net() -> torch.nn.Module:
+    """No BatchNorm: a batch split into chunks computes exactly the gradient of the whole."""
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(4),
+                               torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10))
+
+
+def test_micro_batches_take_the_whole_batchs_step(tmp_path: Path) -> None:
+    data = tiny_dataset()
+    cfg = TrainConfig(model="plain", epochs=1, batch_size=50, device="cpu", eval=False, amp=False, log_every=1,
+                      optimizer="sgd", lr=0.5, momentum=0.9, label_smoothing=0.2)
+    whole = train(cfg, data, tmp_path / "whole", model=_plain_net())
+    chunked = train(dataclasses.replace(cfg, micro_batch=20), data, tmp_path / "chunked",
+                    model=_plain_net())  # 50 images as chunks of 17, 17 and 16: weighted by their sizes
+    a, b = _weights(tmp_path / "whole" / "last.pt"), _weights(tmp_path / "chunked" / "last.pt")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
+    assert not torch.equal(a["4.weight"], _plain_net().state_dict()["4.weight"])  # 4 steps moved it
+    assert whole.train_loss == pytest.approx(chunked.train_loss, rel=1e-6)
+    assert whole.train_accuracy == chunked.train_accuracy
+    assert json.loads((tmp_path / "chunked" / "config.json").read_text())["micro_batch"] == 20
+    with pytest.raises(UsageError, match="micro-batch"):
+        TrainConfig(model="vgg16", micro_batch=0)
 
 
 def test_bad_settings_are_usage_errors() -> None:

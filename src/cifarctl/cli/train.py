@@ -56,6 +56,7 @@ def train(
     model: ModelArg,
     epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help=f"Epochs to train (total, for a resumed run). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=f"Images per step (global under torchrun). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
+    micro_batch: Annotated[Optional[int], typer.Option("--micro-batch", min=1, help=f"Images run forward and backward at once: a larger batch is split into equal chunks with one optimizer step (BatchNorm sees each chunk). {RECIPE}", rich_help_panel=P_SPEED)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate, in --lr-units. {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
     head_lr: Annotated[Optional[float], typer.Option("--head-lr", help=f"Peak learning rate of the classifier (the final linear layer's weights), in --lr-units (default: --lr). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps in total.", rich_help_panel=P_SCHEDULE)] = None,
@@ -145,7 +146,7 @@ def train(
     if time_budget is not None and (epochs is not None or max_steps is not None):
         raise UsageError("--time-budget chooses the run's length: drop --epochs and --max-steps")
     settings = dict(
-        epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
+        epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, head_lr=head_lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, norm_weight_decay=norm_weight_decay, lr_units=lr_units, lr_schedule=lr_schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, translate=translate, flip=flip, ema=ema,
         whiten=whiten, tta=tta, eval_every=eval_every, val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp,

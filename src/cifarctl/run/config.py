@@ -32,6 +32,9 @@ class TrainConfig:
     recipe: str | None = None        # the model's recipe these values started from (`cifarctl models`)
     epochs: int = 1
     batch_size: int = 100
+    # Images run forward and backward at once: a larger batch is split into equal chunks whose
+    # gradients add up to the batch's (one optimizer step; BatchNorm sees each chunk). None: whole.
+    micro_batch: int | None = None
     lr: float | None = None          # peak learning rate; None: 1e-3 for Adam (the course's), 0.05 for SGD
     optimizer: str = "adam"
     momentum: float = 0.9            # SGD's (the upper bound of onecycle's momentum cycle); muon: of its SGD part
@@ -109,7 +112,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("max_steps", "save_every", "schedule_steps"):
+        for name in ("max_steps", "save_every", "schedule_steps", "micro_batch"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -176,7 +179,10 @@ def recipe_summary(values: dict[str, Any]) -> str:
             first += f", head lr {cfg.head_lr:g}{units}"
         if cfg.lr_without_norm is not None:
             first += f" (lr {cfg.lr_without_norm:g} without norm layers)"
-    parts = [first, f"batch {cfg.batch_size}", f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"]
+    batch = f"batch {cfg.batch_size}"
+    if cfg.micro_batch and cfg.micro_batch < cfg.batch_size:
+        batch += f" in chunks of {cfg.micro_batch}"
+    parts = [first, batch, f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"]
     if cfg.lr_schedule != "none":
         parts.append(cfg.lr_schedule)
     if cfg.weight_decay:

@@ -9,6 +9,7 @@ what a model needs of training it provides itself, as hooks (``cifarctl.models.h
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import threading
@@ -155,24 +156,42 @@ class Trainer:
         return f"epoch {self.epoch + 1}/{self.cfg.epochs}"
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Forward, backward, one optimizer step, the schedule's step and the lookahead's."""
-        with torch.autocast(self.device.type, dtype=self.cast or torch.float32, enabled=self.cast is not None):
-            logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        """Forward, backward (chunk by chunk under --micro-batch), one optimizer step, the schedule's step
+        and the lookahead's."""
         self.optimizer.zero_grad(set_to_none=True)
+        chunks = self._chunks(len(y))
+        for i, (start, stop) in enumerate(chunks):
+            last = i == len(chunks) - 1
+            xc, yc = (x, y) if len(chunks) == 1 else (x[start:stop], y[start:stop])
+            with self._no_sync(not last):
+                with torch.autocast(self.device.type, dtype=self.cast or torch.float32, enabled=self.cast is not None):
+                    logits = self.forward(xc)
+                    loss = F.cross_entropy(logits.float(), yc, label_smoothing=self.cfg.label_smoothing)
+                # a chunk's mean loss, weighted by its share: the chunks' gradients add up to the batch mean's
+                scaled = loss if len(chunks) == 1 else loss * ((stop - start) / len(y))
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            self.running.update(loss, logits, yc)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
         step, total = self.global_step + 1, self.cfg.schedule_steps or 1
         if step < total and not self._measuring():  # past its end (a run lengthened on resume) it stays at its final lr
             self.scheduler.step()
         if self.lookahead is not None:
             self.lookahead.step(self.model, step, total)
-        self.running.update(loss, logits, y)
+
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each chunk of a batch of ``n``: as few as --micro-batch allows, of equal sizes."""
+        count = -(-n // self.cfg.micro_batch) if self.cfg.micro_batch else 1
+        bounds = [n * i // count for i in range(count + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager:
+        """Under DDP, a chunk before the batch's last keeps its gradients on this rank (no all-reduce yet)."""
+        no_sync = getattr(self.forward, "no_sync", None)
+        return no_sync() if skip and no_sync is not None else contextlib.nullcontext()
 
     def _count_step(self, images: int) -> None:
         self.step_in_epoch += 1
