@@ -211,6 +211,8 @@ def test_models_lists_every_model_with_its_recipe(runner: CliRunner) -> None:
     assert "head lr 0.01" in rows["FILE.py:Name"]["recipe"] and "without norm layers" in rows["FILE.py:Name"]["recipe"]
     assert rows["airbench94"]["params"] == 1_972_792 and rows["resnet50"]["macs"] == 92_727_296
     assert "nesterov sgd lr 11.5 per 1024" in rows["airbench94"]["recipe"] and "2404.00498" in rows["airbench94"]["reference"]
+    muon = next(r for r in rows["airbench94"]["recipes"] if r["name"] == "muon")
+    assert "batch 2000 in chunks of 1000" in muon["summary"] and "chunks" not in rows["airbench94"]["recipe"]
     table = runner.invoke(app, ["models"])
     assert table.exit_code == 0 and "the course's recipe" in table.output
 
