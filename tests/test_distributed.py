@@ -32,7 +32,7 @@ def _config():
 
 
 def _micro_config():
-    """Each rank's 25 images as chunks of 9, 8 and 8: only the last chunk's backward all-reduces."""
+    """Each rank's 25 images as chunks of 8, 8 and 9: only the last chunk's backward all-reduces."""
     import dataclasses
 
     return dataclasses.replace(_config(), micro_batch=10)

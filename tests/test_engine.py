@@ -136,7 +136,7 @@ def test_micro_batches_take_the_whole_batchs_step(tmp_path: Path) -> None:
                       optimizer="sgd", lr=0.5, momentum=0.9, label_smoothing=0.2)
     whole = train(cfg, data, tmp_path / "whole", model=_plain_net())
     chunked = train(dataclasses.replace(cfg, micro_batch=20), data, tmp_path / "chunked",
-                    model=_plain_net())  # 50 images as chunks of 17, 17 and 16: weighted by their sizes
+                    model=_plain_net())  # 50 images as chunks of 16, 17 and 17: weighted by their sizes
     a, b = _weights(tmp_path / "whole" / "last.pt"), _weights(tmp_path / "chunked" / "last.pt")
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
     assert not torch.equal(a["4.weight"], _plain_net().state_dict()["4.weight"])  # 4 steps moved it

@@ -200,7 +200,7 @@ AIRBENCH94_MUON_RECIPE = {
     # Run forward and backward as two chunks of 1000 (one optimizer step on their summed gradients): on
     # a CPU a batch of 2000's activations cost page faults every step (1.25x the time per image, 2-core
     # Zen 4, docs/performance.md); chunks cost what the paper's batch of 1024 does. BatchNorm sees 1000
-    # images at a time. --micro-batch 2000 runs the record's whole batches (a GPU loses nothing by it).
+    # images at a time. --micro-batch 2000 runs the record's whole batches (bench/gpu_check.sh times them on a GPU).
     "micro_batch": 1000,
     "optimizer": "muon",          # Muon on the conv filters, Nesterov SGD on the head and biases
     "lr": 0.24, "muon_momentum": 0.6, "nesterov": True,
