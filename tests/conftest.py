@@ -16,6 +16,13 @@ from PIL import Image
 from cifarctl.data.cifar10 import CIFAR10, CLASSES, write_cache
 from cifarctl.progress import NullProgress
 
+def plain_cnn(num_classes: int = 10) -> torch.nn.Module:
+    """No BatchNorm and no dropout: a batch split across ranks or into chunks computes the whole batch's gradient."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(),
+                         nn.Linear(8 * 8 * 8, num_classes))
+
+
 TRAIN_PER_BATCH = 40   # 5 batches -> 200 training images
 TEST_IMAGES = 50
 

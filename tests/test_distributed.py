@@ -14,14 +14,13 @@ from torch import nn
 
 from cifarctl.models.registry import is_model, register_model
 
-from conftest import tiny_dataset
+from conftest import plain_cnn, tiny_dataset
 
 if not is_model("ddp_test_cnn"):
     @register_model
     def ddp_test_cnn(num_classes: int = 10) -> nn.Module:
         """No BatchNorm and no dropout, so 2 ranks x 25 images compute what 1 x 50 does."""
-        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(),
-                             nn.Linear(8 * 8 * 8, num_classes))
+        return plain_cnn(num_classes)
 
 
 def _config():

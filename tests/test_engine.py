@@ -11,7 +11,7 @@ from cifarctl.errors import CifarctlError, UsageError
 from cifarctl.models import create_model
 from cifarctl.progress import NullProgress
 
-from conftest import tiny_dataset
+from conftest import plain_cnn, tiny_dataset
 
 FAST = dict(model="resnet50", batch_size=50, device="cpu", eval_batch_size=50, log_every=1, amp=False)
 
@@ -124,10 +124,8 @@ def test_recipes_run(tmp_path: Path, recipe: dict) -> None:
 
 
 def _plain_net() -> torch.nn.Module:
-    """No BatchNorm: a batch split into chunks computes exactly the gradient of the whole."""
     torch.manual_seed(3)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(4),
-                               torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10))
+    return plain_cnn()
 
 
 def test_micro_batches_take_the_whole_batchs_step(tmp_path: Path) -> None:
