@@ -99,16 +99,28 @@ def probe(out: Path, repeats: int) -> None:
     (out / "probe.json").write_text(json.dumps(found, indent=1))
 
 
-def run_times(run_dir: Path) -> tuple[float, float, float]:
-    """(epochs trained, training seconds per image, start-up seconds before training) of one budgeted run."""
+def run_times(run_dir: Path) -> tuple[float, float | None, float, int, float]:
+    """One budgeted run's (epochs trained, training seconds per image after its first ``early`` epochs (None
+    if it stopped within them), seconds per image in them, ``early``, start-up seconds before training).
+
+    ``early`` is the recipe's ``whiten_bias_epochs``: until then the backward pass reaches airbench's
+    stem, and its steps cost more (1.1-1.3x at the narrow widths on CPU A).
+    """
     config = json.loads((run_dir / "config.json").read_text())
     plan = config["budget_plan"]
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-              if '"type": "epoch"' in line]
-    seconds = sum(e["seconds"] for e in epochs)
-    trained = epochs[-1]["global_step"] / plan["steps_per_epoch"]
+    early = int(config.get("whiten_bias_epochs") or 0)
+    seconds, epochs, done = [0.0, 0.0], [0.0, 0.0], 0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("type") != "epoch":
+            continue
+        phase = 0 if record["epoch"] <= early else 1
+        seconds[phase] += record["seconds"]
+        epochs[phase] += (record["global_step"] - done) / plan["steps_per_epoch"]
+        done = record["global_step"]
     startup = plan["spent_s"] - plan["measured_steps"] * plan["step_s"]
-    return trained, seconds / (trained * TRAIN_IMAGES), startup
+    per_image = [s / (e * TRAIN_IMAGES) if e else None for s, e in zip(seconds, epochs)]
+    return sum(epochs), per_image[1], per_image[0] or per_image[1], early, startup
 
 
 def build(out: Path, cpu: str) -> None:
@@ -120,26 +132,33 @@ def build(out: Path, cpu: str) -> None:
         if record["rc"] != 0 or "tta0" not in record:
             continue
         model, recipe, _ = record["spec"].split(":")
-        entry = candidates.setdefault((model, recipe), {"model": model, "recipe": recipe, "points": [], "speeds": []})
+        entry = candidates.setdefault((model, recipe), {"model": model, "recipe": recipe, "points": [],
+                                                        "speeds": [], "early_speeds": [], "early_epochs": 0})
         if "epochs" in record:  # a point: accuracy only, its times unknown
             epochs = record["epochs"]
         else:
-            epochs, s_per_image, startup = run_times(Path(record["dir"]))
+            epochs, s_per_image, early_s, entry["early_epochs"], startup = run_times(Path(record["dir"]))
             startups.append(startup)
-            entry["speeds"].append(s_per_image)
+            entry["early_speeds"].append(early_s)
+            if s_per_image is not None:
+                entry["speeds"].append(s_per_image)
         entry["points"].append({"epochs": round(epochs, 3), "budget": record["spec"].split(":")[2],
                                 "seed": record.get("seed", 0),
                                 "accuracy": {str(lv): record[f"tta{lv}"][0] for lv in (0, 1, 2)}})
     shipped = []
     for entry in candidates.values():
-        entry["train_s_per_image"] = statistics.median(entry.pop("speeds"))
+        early = entry.pop("early_speeds")
+        entry["train_s_per_image"] = statistics.median(entry.pop("speeds") or early)
+        entry["early_s_per_image"] = statistics.median(early) if entry["early_epochs"] else None
         entry["points"] = merge_seeds(entry["points"])
         shipped.append(entry)
     frontier = {
         "measured_on": cpu,
         "how": "budgeted runs of each candidate (cifarctl train MEMBER --recipe R --time-budget B --device cpu), "
                "on the JPEG copy of CIFAR-10, each evaluated after at TTA 0, 1 and 2; a point whose budget is "
-               "'full' is the recipe's own length, unbudgeted (docs/accuracy.md); bench/frontier.py",
+               "'full' is the recipe's own length, unbudgeted (docs/accuracy.md); a candidate's training "
+               "seconds per image are the runs' median, early_s_per_image for its first early_epochs (the "
+               "stem's bias trains in them) and train_s_per_image after; bench/frontier.py",
         "probe_s_per_image": probed["probe_s_per_image"],
         "eval_s_per_image": probed["eval_s_per_image"],
         "startup_s": round(statistics.median(startups), 2),
@@ -221,7 +240,7 @@ def plot(out: Path, image: Path) -> None:
 
 def table(out: Path) -> None:
     """The runs as a markdown table: each candidate's epochs and accuracy at each TTA level, per budget."""
-    print("| candidate | budget | epochs | TTA 0 | TTA 1 | TTA 2 | whole command | s/image (training) |")
+    print("| candidate | budget | epochs | TTA 0 | TTA 1 | TTA 2 | whole command | s/image, first 3 epochs / after |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = []
     for line in (out / "runs.jsonl").read_text().splitlines():
@@ -232,12 +251,13 @@ def table(out: Path) -> None:
         if "epochs" in record:
             rows.append((model, recipe, math.inf, budget, record["epochs"], None, record))
             continue
-        epochs, s_per_image, _ = run_times(Path(record["dir"]))
-        rows.append((model, recipe, float(budget.rstrip("m")), budget, epochs, s_per_image, record))
+        epochs, late_s, early_s, _, _ = run_times(Path(record["dir"]))
+        rows.append((model, recipe, float(budget.rstrip("m")), budget, epochs, (early_s, late_s), record))
     for model, recipe, _, budget, epochs, s_per_image, record in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
         accs = " | ".join(f"{record[f'tta{lv}'][0]:.2f}%" for lv in (0, 1, 2))
         wall = "-" if s_per_image is None else f"{record['wall']:.0f} s"
-        speed = "-" if s_per_image is None else f"{s_per_image * 1e3:.2f} ms"
+        speed = "-" if s_per_image is None else " / ".join("-" if s is None else f"{s * 1e3:.2f} ms"
+                                                            for s in s_per_image)
         print(f"| {model} {recipe} | {budget} | {epochs:.2f} | {accs} | {wall} | {speed} |")
 
 

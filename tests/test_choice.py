@@ -3,6 +3,7 @@ members, and a chosen run recorded and resumed."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from pathlib import Path
@@ -72,6 +73,21 @@ def test_the_prediction_turns_seconds_into_epochs_with_this_machines_speed() -> 
     assert wide.epochs == pytest.approx(expected) and wide.eval_s == pytest.approx(FRONTIER.eval_s_per_image[
         "airbench94"][wide.tta] * 2 * 10_000)
     assert wide.accuracy == pytest.approx(FRONTIER.candidates[0].accuracy(expected, wide.tta))
+
+
+def test_the_early_epochs_cost_their_own_time() -> None:
+    # The quarter width's first 3 epochs cost 5e-4 s an image there (its stem still trains), later ones 4e-4.
+    early = dataclasses.replace(FRONTIER.candidates[2], early_epochs=3.0, early_s_per_image=5e-4)
+    epoch_s, early_epoch_s = 2 * 4e-4 * 50_000, 2 * 5e-4 * 50_000   # on a machine twice as slow
+    assert early.epochs_in(1.5 * early_epoch_s, 2.0) == pytest.approx(1.5)
+    assert early.epochs_in(3 * early_epoch_s + 2 * epoch_s, 2.0) == pytest.approx(5.0)
+    assert early.epochs_in(-1.0, 2.0) == 0.0
+    # Without early epochs (or their time), every epoch costs the same: the shipped format before them.
+    assert FRONTIER.candidates[2].epochs_in(3 * epoch_s, 2.0) == pytest.approx(3.0)
+    slow_start = dataclasses.replace(FRONTIER, candidates=(early,))
+    (only,) = predict(slow_start, 600, {"airbench94_quarter": 2.0})
+    assert only.epochs == pytest.approx(early.epochs_in(600 - 10 - only.eval_s, 2.0))
+    assert only.epochs < predict(FRONTIER, 600, {"airbench94_quarter": 2.0})[0].epochs
 
 
 @pytest.mark.parametrize("seconds, expected", [(150, "airbench94_quarter"), (600, "airbench94_half"),
@@ -158,6 +174,8 @@ def test_the_shipped_frontier_measures_every_candidate() -> None:
         assert len(c.points) >= 2 and all(e0 < e1 for (e0, _), (e1, _) in zip(c.points, c.points[1:]))
         assert all(CHANCE < acc[level] < 100 for _, acc in c.points for level in (0, 1, 2))
         assert c.train_s_per_image > 0
+        # airbench's stem trains its bias for 3 epochs: the frontier times them apart (slower there).
+        assert c.early_epochs == 3 and c.early_s_per_image > 0
     for member in MEMBERS:
         assert shipped.probe_s_per_image[member] > 0 and set(shipped.eval_s_per_image[member]) == {0, 1, 2}
 

@@ -58,7 +58,20 @@ class Candidate:
     model: str
     recipe: str
     train_s_per_image: float            # seconds per training image on the frontier's machine, whole steps
+                                        # (after the early epochs below, where it has them)
     points: tuple[tuple[float, dict[int, float]], ...]  # (epochs, {TTA level: test accuracy %}), by epochs
+    # The first ``early_epochs`` cost ``early_s_per_image`` there instead (None: the same): while airbench's
+    # whitened stem trains its bias, the backward pass runs through the first conv at full resolution.
+    early_epochs: float = 0.0
+    early_s_per_image: float | None = None
+
+    def epochs_in(self, seconds: float, slower: float, train_images: int = 50_000) -> float:
+        """The epochs ``seconds`` of training hold on a machine ``slower`` times the frontier's."""
+        epoch_s = self.train_s_per_image * slower * train_images
+        early_s = (self.early_s_per_image or self.train_s_per_image) * slower * train_images
+        if seconds <= self.early_epochs * early_s:
+            return max(seconds, 0.0) / early_s
+        return self.early_epochs + (seconds - self.early_epochs * early_s) / epoch_s
 
     def accuracy(self, epochs: float, tta: int) -> float:
         """Predicted test accuracy after ``epochs`` (the schedule fitted to that length) at TTA ``tta``.
@@ -101,7 +114,8 @@ class Frontier:
         candidates = tuple(
             Candidate(c["model"], c["recipe"], float(c["train_s_per_image"]),
                       tuple(sorted((float(p["epochs"]), {int(k): float(v) for k, v in p["accuracy"].items()})
-                                   for p in c["points"])))
+                                   for p in c["points"])),
+                      float(c.get("early_epochs", 0.0)), c.get("early_s_per_image"))
             for c in values["candidates"] if c["points"])
         evaluation = {m: {int(k): float(v) for k, v in levels.items()}
                       for m, levels in values["eval_s_per_image"].items()}
@@ -163,7 +177,7 @@ def predict(frontier: Frontier, seconds_left: float, speed: dict[str, float], tr
         for level in range(max_tta + 1):
             eval_s = frontier.eval_s_per_image[c.model][level] * factor * test_images
             training = seconds_left - frontier.startup_s * factor - eval_s
-            epochs = max(training, 0.0) / (train_s * train_images)
+            epochs = c.epochs_in(training, factor, train_images)
             options.append(Prediction(c.model, c.recipe, level, epochs, c.accuracy(epochs, level), train_s, eval_s))
         best.append(max(options, key=lambda p: (p.accuracy, -p.tta)))
     return sorted(best, key=lambda p: -p.accuracy)
