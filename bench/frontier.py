@@ -104,7 +104,7 @@ def run_times(run_dir: Path) -> tuple[float, float | None, float, int, float]:
     if it stopped within them), seconds per image in them, ``early``, start-up seconds before training).
 
     ``early`` is the recipe's ``whiten_bias_epochs``: until then the backward pass reaches airbench's
-    stem, and its steps cost more (1.1-1.3x at the narrow widths on CPU A).
+    stem, and its steps cost more (1.2-1.4x at the narrow widths on CPU A).
     """
     config = json.loads((run_dir / "config.json").read_text())
     plan = config["budget_plan"]
