@@ -240,7 +240,7 @@ def test_airbench94_itself_is_unchanged() -> None:
 
 def _fake_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(choice_mod, "shipped_frontier", lambda: FRONTIER)
-    monkeypatch.setattr(choice_mod, "probe_member", lambda m, device, amp=True: FRONTIER.probe_s_per_image[m] / 50)
+    monkeypatch.setattr(choice_mod, "probe_member", lambda m, device, amp=True, **_: FRONTIER.probe_s_per_image[m] / 50)
 
 
 def test_a_chosen_run_is_recorded_and_a_resume_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

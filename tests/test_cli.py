@@ -80,10 +80,11 @@ def test_evaluate_a_course_state_dict(runner: CliRunner, cached, tmp_path: Path)
 def test_train_json_and_out_dir(runner: CliRunner, cached, tmp_path: Path) -> None:
     out = tmp_path / "myrun"
     result = runner.invoke(app, ["train", "resnet50", "--max-steps", "1", "--no-eval", *FAST, "--out", str(out),
-                                 "--json", "--offline"])
+                                 "--json", "--offline", "--no-keep-memory"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["run_dir"] == str(out) and report["global_step"] == 1 and report["test_accuracy"] is None
+    assert json.loads((out / "config.json").read_text())["keep_memory"] is False
 
 
 def test_fake_data_needs_no_dataset(runner: CliRunner, home: Path, monkeypatch) -> None:

@@ -92,6 +92,7 @@ def train(
     eval_amp: Annotated[Flag, typer.Option("--eval-amp/--no-eval-amp", help="Mixed-precision evaluation (default off: fp32, as `cifarctl evaluate`).", rich_help_panel=P_EVALUATION)] = None,
     tensorboard: Annotated[Flag, typer.Option("--tensorboard/--no-tensorboard", help="Also write the scalars of metrics.jsonl to RUN/tensorboard/ (pip install 'cifarctl[tensorboard]').", rich_help_panel=P_RUN)] = None,
     channels_last: Annotated[Flag, typer.Option("--channels-last/--no-channels-last", help="Memory format (default: on for CUDA and for CPU bf16).", rich_help_panel=P_SPEED)] = None,
+    keep_memory: Annotated[Flag, typer.Option("--keep-memory/--no-keep-memory", help="Keep the memory each step frees in the process (glibc), instead of returning it to the system and faulting it in again: faster, at the cost of holding the peak (default: on for CPU fp32 training).", rich_help_panel=P_SPEED)] = None,
     compile_model: Annotated[Flag, typer.Option("--compile", help="torch.compile the model.", rich_help_panel=P_SPEED)] = None,
     sync_bn: Annotated[Flag, typer.Option("--sync-bn", help="Under torchrun: BatchNorm statistics over the global batch.", rich_help_panel=P_SPEED)] = None,
     plot: Annotated[bool, typer.Option("--plot", help="Draw learning curves into the run folder (curves.png).", rich_help_panel=P_RUN)] = False,
@@ -151,7 +152,7 @@ def train(
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, translate=translate, flip=flip, ema=ema,
         whiten=whiten, tta=tta, eval_every=eval_every, val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp,
         tensorboard=tensorboard,
-        channels_last=channels_last, compile=compile_model, sync_bn=sync_bn,
+        channels_last=channels_last, keep_memory=keep_memory, compile=compile_model, sync_bn=sync_bn,
         max_steps=max_steps, save_every=save_every, log_every=log_every, device=device if device != "auto" else None,
         eval=False if no_eval else None, time_budget=parse_duration(time_budget) if time_budget is not None else None,
         model_options=parse_kwargs(model_kwargs), num_classes=num_classes)

@@ -92,6 +92,7 @@ class TrainConfig:
     eval_amp: bool = False           # mixed-precision evaluation; fp32 by default, as `cifarctl evaluate`
     tensorboard: bool = False        # also write metrics.jsonl's scalars to RUN/tensorboard/ (the tensorboard extra)
     channels_last: bool | None = None  # None: where it measured faster (engine.device.default_channels_last)
+    keep_memory: bool | None = None  # glibc keeps freed memory during the run; None: where faster (CPU fp32)
     compile: bool = False            # torch.compile the model
     sync_bn: bool = False            # under DDP: BatchNorm statistics over the global batch (SyncBatchNorm)
     eval_batch_size: int = 500

@@ -10,7 +10,8 @@ from cifarctl.run.checkpoint import load_checkpoint
 from cifarctl.run.config import TrainConfig
 
 # Settings that may change when a run is resumed: none of them alters the part already trained.
-RESUMABLE = frozenset({"epochs", "device", "max_steps", "eval", "save_every", "log_every", "tensorboard"})
+RESUMABLE = frozenset({"epochs", "device", "max_steps", "eval", "save_every", "log_every", "tensorboard",
+                       "keep_memory"})
 
 
 def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:

@@ -109,7 +109,7 @@ def _family_request(family: str, recipe: str | None, settings: dict[str, Any], r
     device = resolve_device(settings.get("device") or "auto")
     choice = choose(family, float(settings["time_budget"]), time.monotonic() if clock is None else clock, device,
                     amp=settings.get("amp", True), max_tta=settings.get("tta", 2),
-                    recipes=[recipe] if recipe is not None else None,
+                    recipes=[recipe] if recipe is not None else None, keep_memory=settings.get("keep_memory"),
                     train_images=50_000 - int(settings.get("val_split") or 0))
     chosen = choice.chosen
     cfg = TrainConfig.for_model(chosen.model, chosen.recipe, **chosen_settings(choice, settings))

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from cifarctl.allocator import default_keep_memory, kept_memory
 from cifarctl.device import autocast_dtype, default_channels_last, sync_device
 from cifarctl.errors import UsageError
 from cifarctl.models.airbench import FAMILY, FAMILY_WIDTHS
@@ -183,11 +184,13 @@ def predict(frontier: Frontier, seconds_left: float, speed: dict[str, float], tr
     return sorted(best, key=lambda p: -p.accuracy)
 
 
-def probe_member(model: str, device: torch.device, amp: bool = True, batch: int = PROBE_BATCH) -> float:
+def probe_member(model: str, device: torch.device, amp: bool = True, batch: int = PROBE_BATCH,
+                 keep_memory: bool | None = None) -> float:
     """Seconds per image of one forward and backward pass of ``model`` here, as training runs it
-    (its precision and memory format), on random images: no data is needed yet."""
+    (its precision, memory format and allocator setting), on random images: no data is needed yet."""
     net = create_model(model).to(device)
     cast = autocast_dtype(device, amp)
+    keep = default_keep_memory(device, cast) if keep_memory is None else keep_memory
     if default_channels_last(device, cast):
         net = net.to(memory_format=torch.channels_last)
     images = torch.randn(batch, 3, 32, 32, device=device)
@@ -198,13 +201,14 @@ def probe_member(model: str, device: torch.device, amp: bool = True, batch: int 
             loss = torch.nn.functional.cross_entropy(net(images), labels)
         loss.backward()
 
-    step()
-    sync_device(device)
-    started = time.perf_counter()
-    for _ in range(PROBE_PASSES):
+    with kept_memory(keep):
         step()
-    sync_device(device)
-    return (time.perf_counter() - started) / (PROBE_PASSES * batch)
+        sync_device(device)
+        started = time.perf_counter()
+        for _ in range(PROBE_PASSES):
+            step()
+        sync_device(device)
+        return (time.perf_counter() - started) / (PROBE_PASSES * batch)
 
 
 @dataclass
@@ -238,7 +242,7 @@ class Choice:
 
 def choose(family: str, budget_s: float, clock: float, device: torch.device, amp: bool = True, max_tta: int = 2,
            recipes: Iterable[str] | None = None, train_images: int = 50_000, frontier: Frontier | None = None,
-           probe: Callable[[str], float] | None = None) -> Choice:
+           probe: Callable[[str], float] | None = None, keep_memory: bool | None = None) -> Choice:
     """Probe each member of ``family`` here, then choose the candidate predicted best in what is left of
     ``budget_s`` (counted from ``clock``, a ``time.monotonic()``).
 
@@ -251,7 +255,7 @@ def choose(family: str, budget_s: float, clock: float, device: torch.device, amp
     if not members:
         raise UsageError(f"the frontier has no {family} candidate with recipe {', '.join(allowed or [])}: "
                          f"choose from {', '.join(sorted({c.recipe for c in frontier.candidates}))}")
-    timer = probe or (lambda m: probe_member(m, device, amp))
+    timer = probe or (lambda m: probe_member(m, device, amp, keep_memory=keep_memory))
     probed = {m: timer(m) for m in members}
     speed = {m: probed[m] / frontier.probe_s_per_image[m] for m in members}
     spent = time.monotonic() - clock

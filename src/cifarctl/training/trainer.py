@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarctl import distributed as ddp
+from cifarctl.allocator import default_keep_memory, kept_memory
 from cifarctl.data.cifar10 import CIFAR10
 from cifarctl.data.loader import DeviceLoader
 from cifarctl.device import autocast_dtype, default_channels_last, needs_grad_scaler, resolve_device
@@ -73,6 +74,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.cast = autocast_dtype(self.device, cfg.amp)
+        self.keep_memory = default_keep_memory(self.device, self.cast) if cfg.keep_memory is None else cfg.keep_memory
         channels_last = cfg.channels_last
         if channels_last is None:  # a user's model may .view() its maps, which channels_last tensors refuse
             channels_last = default_channels_last(self.device, self.cast) and model is None and is_model(cfg.model)
@@ -127,19 +129,20 @@ class Trainer:
         """Train to the end of the run (or to a stop request: then ``TrainingInterrupted``)."""
         self.folder.open(self.config_record(), tensorboard=self.cfg.tensorboard, resumed_step=self.global_step)
         try:
-            started = time.perf_counter()
-            while not self.finished():
-                self._start_epoch()
-                for x, y in self.train_loader.epoch(self.epoch, self.step_in_epoch):
-                    self._train_step(x, y)
-                    self._count_step(len(y))
-                    self._consult_budget()
-                    self._report_step()
-                    self._save_or_stop()
-                    if self._done():
-                        break
-                self._end_epoch()
-            return self.result(time.perf_counter() - started, self.images_seen / max(self.train_seconds, 1e-9))
+            with kept_memory(self.keep_memory):  # glibc keeps the memory each step frees, for the next one
+                started = time.perf_counter()
+                while not self.finished():
+                    self._start_epoch()
+                    for x, y in self.train_loader.epoch(self.epoch, self.step_in_epoch):
+                        self._train_step(x, y)
+                        self._count_step(len(y))
+                        self._consult_budget()
+                        self._report_step()
+                        self._save_or_stop()
+                        if self._done():
+                            break
+                    self._end_epoch()
+                return self.result(time.perf_counter() - started, self.images_seen / max(self.train_seconds, 1e-9))
         finally:
             self.folder.close()
 
