@@ -23,6 +23,9 @@ def plain_cnn(num_classes: int = 10) -> torch.nn.Module:
                          nn.Linear(8 * 8 * 8, num_classes))
 
 
+# A quick CPU run in fp32: resnet50 in batches of 50 on ``tiny_dataset`` (4 steps an epoch).
+FAST = dict(model="resnet50", batch_size=50, device="cpu", eval_batch_size=50, log_every=1, amp=False)
+
 TRAIN_PER_BATCH = 40   # 5 batches -> 200 training images
 TEST_IMAGES = 50
 

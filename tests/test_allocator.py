@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from cifarctl import allocator
-from cifarctl.allocator import default_keep_memory, kept_memory
+from cifarctl.allocator import keeps_memory, kept_memory
 from cifarctl.engine import TrainConfig, load_checkpoint, resume, train
 
-from conftest import tiny_dataset
+from conftest import FAST, tiny_dataset
 
-FAST = dict(model="resnet50", batch_size=50, device="cpu", eval_batch_size=50, log_every=1, amp=False)
 GLIBC = pytest.mark.skipif(allocator.glibc() is None, reason="the setting is glibc's (Linux)")
 
 
@@ -85,12 +84,26 @@ def test_elsewhere_than_glibc_it_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> 
         assert not kept
 
 
-def test_on_by_default_where_it_measured_faster() -> None:
+def test_on_by_default_where_it_measured_faster_and_as_asked_otherwise() -> None:
     cpu = torch.device("cpu")
-    assert default_keep_memory(cpu, None)                    # CPU fp32: 1.41x faster
-    assert not default_keep_memory(cpu, torch.bfloat16)      # CPU bf16: faster one day, slower another
-    assert not default_keep_memory(torch.device("cuda"), torch.bfloat16)
-    assert not default_keep_memory(torch.device("cuda"), None)
+    assert keeps_memory(cpu, None)                    # CPU fp32: 1.41x faster
+    assert not keeps_memory(cpu, torch.bfloat16)      # CPU bf16: faster one day, slower another
+    assert not keeps_memory(torch.device("cuda"), torch.bfloat16)
+    assert not keeps_memory(torch.device("cuda"), None)
+    assert not keeps_memory(cpu, None, asked=False) and keeps_memory(cpu, torch.bfloat16, asked=True)
+
+
+def record_uses(monkeypatch: pytest.MonkeyPatch, where: str) -> list[bool]:
+    """``kept_memory`` as ``where`` calls it, each call's ``enabled`` recorded."""
+    used: list[bool] = []
+    real = allocator.kept_memory
+
+    def spy(enabled: bool = True):
+        used.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(f"{where}.kept_memory", spy)
+    return used
 
 
 class MallInfo2(ctypes.Structure):
@@ -127,14 +140,7 @@ def test_inside_the_block_a_large_tensor_comes_from_the_heap_and_stays() -> None
 
 def test_a_run_keeps_memory_by_default_in_fp32_and_its_weights_are_the_same_without(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    used: list[bool] = []
-    real = allocator.kept_memory
-
-    def spy(enabled: bool = True):
-        used.append(enabled)
-        return real(enabled)
-
-    monkeypatch.setattr("cifarctl.training.trainer.kept_memory", spy)
+    used = record_uses(monkeypatch, "cifarctl.training.trainer")
     data = tiny_dataset()
     train(TrainConfig(epochs=1, max_steps=3, **FAST), data, tmp_path / "kept")
     train(TrainConfig(epochs=1, max_steps=3, keep_memory=False, **FAST), data, tmp_path / "defaults")
@@ -151,9 +157,7 @@ def test_a_run_keeps_memory_by_default_in_fp32_and_its_weights_are_the_same_with
 def test_the_budget_times_its_members_with_the_setting_training_will_use(monkeypatch: pytest.MonkeyPatch) -> None:
     from cifarctl.training import choice
 
-    used: list[bool] = []
-    real = allocator.kept_memory
-    monkeypatch.setattr(choice, "kept_memory", lambda enabled=True: (used.append(enabled), real(enabled))[1])
+    used = record_uses(monkeypatch, "cifarctl.training.choice")
     cpu = torch.device("cpu")
     for amp, keep in ((False, None), (False, False)):
         assert choice.probe_member("airbench94_quarter", cpu, amp=amp, batch=4, keep_memory=keep) > 0

@@ -11,9 +11,7 @@ from cifarctl.errors import CifarctlError, UsageError
 from cifarctl.models import create_model
 from cifarctl.progress import NullProgress
 
-from conftest import plain_cnn, tiny_dataset
-
-FAST = dict(model="resnet50", batch_size=50, device="cpu", eval_batch_size=50, log_every=1, amp=False)
+from conftest import FAST, plain_cnn, tiny_dataset
 
 
 class StopAfter(NullProgress):

@@ -39,8 +39,9 @@ _lock = threading.Lock()
 _depth = 0  # runs inside ``kept_memory`` now (nested runs, or threads): the limits are undone by the last
 
 
-def default_keep_memory(device: torch.device, cast: torch.dtype | None) -> bool:
-    """Whether a run keeps its freed memory by default: where it measured faster.
+def keeps_memory(device: torch.device, cast: torch.dtype | None, asked: bool | None = None) -> bool:
+    """Whether a run keeps its freed memory: as ``asked`` (``--keep-memory/--no-keep-memory``), or by
+    default where it measured faster.
 
     CPU fp32 (``--no-amp``, or any CPU without native bf16): on. On a 2-core Zen 4 in fp32, paired
     whole processes: airbench94 1.41x faster (its system time 31 s down to 3.5), with Muon 1.33x,
@@ -49,6 +50,8 @@ def default_keep_memory(device: torch.device, cast: torch.dtype | None) -> bool:
     day before: no setting to impose while the days disagree (``--keep-memory`` asks for it).
     GPUs: off (torch's caching allocator keeps the device's memory already; host memory is small).
     """
+    if asked is not None:
+        return asked
     return device.type == "cpu" and cast is None
 
 

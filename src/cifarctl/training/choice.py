@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from cifarctl.allocator import default_keep_memory, kept_memory
+from cifarctl.allocator import keeps_memory, kept_memory
 from cifarctl.device import autocast_dtype, default_channels_last, sync_device
 from cifarctl.errors import UsageError
 from cifarctl.models.airbench import FAMILY, FAMILY_WIDTHS
@@ -190,7 +190,6 @@ def probe_member(model: str, device: torch.device, amp: bool = True, batch: int 
     (its precision, memory format and allocator setting), on random images: no data is needed yet."""
     net = create_model(model).to(device)
     cast = autocast_dtype(device, amp)
-    keep = default_keep_memory(device, cast) if keep_memory is None else keep_memory
     if default_channels_last(device, cast):
         net = net.to(memory_format=torch.channels_last)
     images = torch.randn(batch, 3, 32, 32, device=device)
@@ -201,7 +200,7 @@ def probe_member(model: str, device: torch.device, amp: bool = True, batch: int 
             loss = torch.nn.functional.cross_entropy(net(images), labels)
         loss.backward()
 
-    with kept_memory(keep):
+    with kept_memory(keeps_memory(device, cast, keep_memory)):
         step()
         sync_device(device)
         started = time.perf_counter()

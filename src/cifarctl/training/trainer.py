@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarctl import distributed as ddp
-from cifarctl.allocator import default_keep_memory, kept_memory
+from cifarctl.allocator import keeps_memory, kept_memory
 from cifarctl.data.cifar10 import CIFAR10
 from cifarctl.data.loader import DeviceLoader
 from cifarctl.device import autocast_dtype, default_channels_last, needs_grad_scaler, resolve_device
@@ -74,7 +74,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.cast = autocast_dtype(self.device, cfg.amp)
-        self.keep_memory = default_keep_memory(self.device, self.cast) if cfg.keep_memory is None else cfg.keep_memory
+        self.keep_memory = keeps_memory(self.device, self.cast, cfg.keep_memory)
         channels_last = cfg.channels_last
         if channels_last is None:  # a user's model may .view() its maps, which channels_last tensors refuse
             channels_last = default_channels_last(self.device, self.cast) and model is None and is_model(cfg.model)
