@@ -260,6 +260,7 @@ def test_the_course_checkpoint_with_the_students_own_file_matches_the_builtin(tm
 
 def test_a_checkpoint_never_imports_the_code_it_names(tmp_path: Path) -> None:
     """A checkpoint is data: the file its record names is not imported by evaluate, predict, export or runs."""
+    pytest.importorskip("safetensors")
     side = _write(tmp_path / "theirs", "net.py", SIDE_EFFECT + WITHOUT_BN)
     mine = _write(tmp_path / "mine", "net.py", WITHOUT_BN)
     marker = side.with_suffix(".imported")
@@ -278,8 +279,78 @@ def test_a_checkpoint_never_imports_the_code_it_names(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["export", f"{mine}:LeNet", "--ckpt", str(tmp_path / "received.pt"),
                                  "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")])
-    assert result.exit_code in (0, 2), result.output  # 2: safetensors not installed
+    assert result.exit_code == 0, result.output
     assert not marker.exists()
+
+
+EVIL_MODULE = '''
+import os
+from pathlib import Path
+
+Path(os.environ["CIFARCTL_TEST_MARKER"]).write_text("evilmod was imported")
+
+
+def make(**kwargs):
+    import torch.nn as nn
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+'''
+
+
+def _crafted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path, str]:
+    """A genuine run of the user's LeNet file (``good``), and a copy of it (``crafted``) whose last.pt and
+    config.json were rewritten to name ``evilmod:make``, a module on the path that writes a marker when
+    imported, and re-sealed: its digest is in order (integrity is not origin)."""
+    import shutil
+
+    spec = f"{_write(tmp_path / 'mine', 'lenet.py', WITHOUT_BN)}:LeNet"
+    good, crafted = tmp_path / "good", tmp_path / "crafted"
+    train(_cfg(spec), tiny_dataset(), good)
+    shutil.copytree(good, crafted)
+    _write(tmp_path / "evil", "evilmod.py", EVIL_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path / "evil"))
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("CIFARCTL_TEST_MARKER", str(marker))
+    state = load_checkpoint(crafted / "last.pt")
+    evil = {"spec": "evilmod:make", "kind": "module", "qualname": "make", "file": None, "sha256": None}
+    state.update(model_name="evilmod:make", model_source=evil, config={**state["config"], "model": "evilmod:make"})
+    save_checkpoint(crafted / "last.pt", state)
+    config = json.loads((crafted / "config.json").read_text())
+    (crafted / "config.json").write_text(json.dumps({**config, "model": "evilmod:make", "model_source": evil}))
+    return good, crafted, marker, spec
+
+
+def test_a_crafted_run_folder_makes_nothing_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run folder is data everywhere: resume() and --resume import a spec only when the caller names it."""
+    from cifarctl.run.resume import load_run
+
+    good, crafted, marker, spec = _crafted_run(tmp_path, monkeypatch)
+    data = tiny_dataset()
+    with pytest.raises(UsageError, match="cifarctl runs no code because a run folder names it"):
+        resume(crafted, data)
+    with pytest.raises(UsageError, match="not lenet.py:LeNet: resuming it would import and run that code"):
+        resume(crafted, data, model_spec=spec)
+    # Read benign before the lock, crafted under it (the folder was swapped meanwhile): the second read is checked.
+    with pytest.raises(UsageError, match="is a evilmod:make run"):
+        resume(crafted, data, loaded=load_run(good), model_spec=spec)
+    assert not marker.exists()
+    runner, pt = CliRunner(), str(crafted / "last.pt")
+    for args in (["train", spec, "--resume", str(crafted), "--data", "fake"],
+                 ["train", "airbench", "--resume", str(crafted), "--data", "fake"],
+                 ["train", "resnet50", "--resume", str(crafted), "--data", "fake"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    for args in (["evaluate", spec, "--ckpt", pt, "--data", "fake", "--device", "cpu"],
+                 ["predict", spec, "--ckpt", pt, str(_png(tmp_path / "red.png"))],
+                 ["export", spec, "--ckpt", pt, "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")],
+                 ["runs", "--json"], ["runs", "evilmod:make"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+    assert not marker.exists()
+    # The one way in: the user names the code. Then it is theirs to run (here it does not fit the weights).
+    with pytest.raises(CheckpointError, match="cannot be resumed"):
+        resume(crafted, data, model_spec="evilmod:make")
+    assert marker.exists()
 
 
 def test_a_package_module_and_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

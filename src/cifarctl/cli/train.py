@@ -199,6 +199,7 @@ def train(
         with stop_on_signals(stop, received):
             if run_dir is not None:
                 result = resume_run(run_dir, dataset, settings, progress=progress, stop=stop, loaded=request.loaded,
+                                    model_spec=cfg.model,  # what MODEL named, checked again under the lock
                                     notify=lambda text: err.print(f"[yellow]note:[/] {text}"), started=announce)
             else:
                 result = run_training(cfg, dataset, out_dir=out, progress=progress, stop=stop, clock=clock,

@@ -23,17 +23,38 @@ def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     return TrainConfig.from_dict(state["config"]), state
 
 
+def check_named(run_dir: Path, cfg: TrainConfig, named: str | None) -> None:
+    """Refuse, in one line, to resume a run whose model the caller did not name.
+
+    A run folder is data: its checkpoint may be one anybody re-sealed, so the model it names is built
+    only when it is a registered one, or the very spec the caller names (``named``: the command line's
+    MODEL, ``resume(model_spec=...)``). A spec is code, and building it imports and runs that code.
+    """
+    from cifarctl.models.spec import canonical_spec, display_name, is_spec
+
+    if named is not None and canonical_spec(named) != cfg.model:
+        also = (f": resuming it would import and run that code, so name it only if you trust it: `cifarctl "
+                f"train {cfg.model} --resume {run_dir}`" if is_spec(cfg.model) else
+                f": resume it with `cifarctl train {cfg.model} --resume {run_dir}`")
+        raise UsageError(f"{run_dir} is a {display_name(cfg.model)} run (its checkpoint says so), not "
+                         f"{display_name(named)}{also}")
+    if named is None and is_spec(cfg.model):
+        raise UsageError(f"{run_dir} trained {display_name(cfg.model)}, code of your own that resuming imports and "
+                         f"runs; cifarctl runs no code because a run folder names it: name it, if you trust it, with "
+                         f"`cifarctl train {cfg.model} --resume {run_dir}` (in Python: resume(run_dir, "
+                         f"model_spec={cfg.model!r}))")
+
+
 def resume_config(run_dir: Path, model: str | None = None, overrides: dict[str, Any] | None = None,
                   loaded: tuple[TrainConfig, dict[str, Any]] | None = None) -> TrainConfig:
     """The config a resumed run continues with: the run's own, plus the overrides it allows.
 
-    A ``model`` other than the run's, or an override of a setting that shaped the finished part
-    (``--lr``, ``--batch-size``, ``--data`` ...), is refused with the names of what differs.
+    ``model``: what the caller names (see ``check_named``): a run of another model, or of a spec the
+    caller does not name, is refused; so is an override of a setting that shaped the finished part
+    (``--lr``, ``--batch-size``, ``--data`` ...), with the names of what differs.
     """
     cfg, _ = loaded or load_run(run_dir)
-    if model is not None and model != cfg.model:
-        raise UsageError(f"{run_dir} is a {cfg.model} run, not {model}: "
-                         f"resume it with `cifarctl train {cfg.model} --resume {run_dir}`")
+    check_named(run_dir, cfg, model)
     stored = cfg.to_dict()
     changed = sorted(k for k, v in (overrides or {}).items()
                      if v is not None and k not in RESUMABLE and k in stored and stored[k] != v)

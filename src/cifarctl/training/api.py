@@ -144,29 +144,29 @@ def resume(run_dir: Path, data: DataSource = None, overrides: dict[str, Any] | N
            progress: Progress | None = None, stop: threading.Event | None = None,
            notify: Callable[[str], None] | None = None,
            loaded: tuple[TrainConfig, dict[str, Any]] | None = None,
-           started: Callable[[RunStart], None] | None = None, model: nn.Module | None = None) -> TrainResult:
+           started: Callable[[RunStart], None] | None = None, model: nn.Module | None = None,
+           model_spec: str | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint, at the exact step.
 
     Everything comes from the checkpoint; ``overrides`` may change only ``RESUMABLE`` settings
     (others are refused, see ``resume_config``). ``notify`` receives notices (e.g. a changed world
     size, or a run that was already finished, whose stored results come back). ``loaded``, the
     caller's ``load_run(run_dir)``, spares reading it twice before the lock; under the lock the run
-    is read again, since a writer that finished meanwhile may have moved it on. A run of a model the
-    caller built resumes with ``model``, a fresh instance of it; a spec's run imports the spec its own
-    config.json records (the code the user named when the run began).
+    is read again, since a writer that finished meanwhile may have moved it on, and checked again.
+
+    A run folder never decides what code runs: a run of a registered model resumes as it is; a run of
+    your own code (a spec) resumes only when ``model_spec`` names that spec, and one of a model built
+    in Python with ``model``, a fresh instance of it.
     Usage: ``resume(Path("runs/resnet50/2026..."), load_cifar10())``
     """
     tell = notify or (lambda _text: None)
-    cfg = resume_config(Path(run_dir), None, overrides, loaded or load_run(Path(run_dir)))
+    cfg = _resume_config(Path(run_dir), overrides, loaded or load_run(Path(run_dir)), model, model_spec)
     with distributed_session(cfg.device) as info:
         dataset = load_data_first_on_rank0(data, cfg.data)
         run_dir = ddp.broadcast_object(Path(run_dir))
         with run_lock(run_dir):
             loaded = load_run(run_dir)
-            cfg = resume_config(run_dir, None, overrides, loaded)
-            if model is None and (loaded[1].get("model_source") or {}).get("kind") == "instance":
-                raise UsageError(f"{run_dir} trained a model built in Python ({cfg.model}): resume it with "
-                                 "resume(run_dir, model=a_fresh_instance)")
+            cfg = _resume_config(run_dir, overrides, loaded, model, model_spec)
             trainer = Trainer(cfg, dataset, run_dir, progress, stop, resume=loaded[1], notify=tell, model=model)
             for notice in trainer.notices:
                 tell(notice)
@@ -177,6 +177,15 @@ def resume(run_dir: Path, data: DataSource = None, overrides: dict[str, Any] | N
             if started is not None:
                 started(RunStart(run_dir, info.world_size, resumed=True))
             return trainer.run()
+
+
+def _resume_config(run_dir: Path, overrides: dict[str, Any] | None, loaded: tuple[TrainConfig, dict[str, Any]],
+                   instance: nn.Module | None, model_spec: str | None) -> TrainConfig:
+    """``resume_config`` for ``resume()``: a model built in Python stands for the model its run names."""
+    if instance is None and (loaded[1].get("model_source") or {}).get("kind") == "instance":
+        raise UsageError(f"{run_dir} trained a model built in Python ({loaded[0].model}): resume it with "
+                         "resume(run_dir, model=a_fresh_instance)")
+    return resume_config(run_dir, loaded[0].model if instance is not None else model_spec, overrides, loaded)
 
 
 @contextlib.contextmanager
