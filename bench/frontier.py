@@ -10,7 +10,8 @@ each alone on the machine (nothing else running: they are timings):
 
        python bench/frontier.py run --out /tmp/frontier airbench94_half:muon:5m airbench94:paper:2m ...
 
-2. the probe the chooser runs at start-up, and each member's evaluation time per image, on this machine::
+2. each member's evaluation time per image on this machine (the chooser scales an untimed member's by
+   these ratios)::
 
        python bench/frontier.py probe --out /tmp/frontier
 
@@ -80,22 +81,21 @@ def point(out: Path, spec: str, epochs: float, accuracy: list[float], source: st
 def probe(out: Path, repeats: int) -> None:
     import torch
 
-    from cifarctl.device import autocast_dtype, default_channels_last
+    from cifarctl.device import autocast_dtype, uses_channels_last
     from cifarctl.models import create_model
+    from cifarctl.models.registry import families
     from cifarctl.training.budget import time_eval_levels
-    from cifarctl.training.choice import FAMILIES, probe_member
 
     device = torch.device("cpu")
-    found: dict = {"probe_s_per_image": {}, "eval_s_per_image": {}}
-    for member in FAMILIES["airbench"]:
-        found["probe_s_per_image"][member] = statistics.median(probe_member(member, device) for _ in range(repeats))
+    found: dict = {"eval_s_per_image": {}}
+    for member in families()["airbench"]:
         net = create_model(member)  # in the memory format a training run evaluates it in
-        if default_channels_last(device, autocast_dtype(device, True)):
+        if uses_channels_last(net, device, autocast_dtype(device, True), registered=True):
             net = net.to(memory_format=torch.channels_last)
         batch = torch.randn(500, 3, 32, 32)
         levels = [time_eval_levels(net, batch, 2, amp=False) for _ in range(repeats)]
         found["eval_s_per_image"][member] = {lv: statistics.median(t[lv] for t in levels) / 500 for lv in (0, 1, 2)}
-        print(member, found["probe_s_per_image"][member], found["eval_s_per_image"][member], flush=True)
+        print(member, found["eval_s_per_image"][member], flush=True)
     (out / "probe.json").write_text(json.dumps(found, indent=1))
 
 
@@ -103,12 +103,14 @@ def run_times(run_dir: Path) -> tuple[float, float | None, float, int, float]:
     """One budgeted run's (epochs trained, training seconds per image after its first ``early`` epochs (None
     if it stopped within them), seconds per image in them, ``early``, start-up seconds before training).
 
-    ``early`` is the recipe's ``whiten_bias_epochs``: until then the backward pass reaches airbench's
-    stem, and its steps cost more (1.2-1.4x at the narrow widths on CPU A).
+    ``early`` is the epochs airbench's whitened stem trains its bias (its model option, 3 by default): until
+    then the backward pass reaches the stem, and its steps cost more (1.2-1.4x at the narrow widths on CPU A).
     """
     config = json.loads((run_dir / "config.json").read_text())
     plan = config["budget_plan"]
-    early = int(config.get("whiten_bias_epochs") or 0)
+    whitened = config.get("init_from_data", config.get("whiten"))
+    early = (config.get("model_options") or {}).get("whiten_bias_epochs", config.get("whiten_bias_epochs", 3)) \
+        if whitened else 0
     seconds, epochs, done = [0.0, 0.0], [0.0, 0.0], 0
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -159,7 +161,6 @@ def build(out: Path, cpu: str) -> None:
                "'full' is the recipe's own length, unbudgeted (docs/accuracy.md); a candidate's training "
                "seconds per image are the runs' median, early_s_per_image for its first early_epochs (the "
                "stem's bias trains in them) and train_s_per_image after; bench/frontier.py",
-        "probe_s_per_image": probed["probe_s_per_image"],
         "eval_s_per_image": probed["eval_s_per_image"],
         "startup_s": round(statistics.median(startups), 2),
         "candidates": sorted(shipped, key=lambda c: (c["model"], c["recipe"])),

@@ -118,6 +118,17 @@ def raw_bytes() -> bytes:
     return buf.getvalue()
 
 
+def weights_digest(run_dir: Path) -> str:
+    """The sha256 of a run's final weights (``last.pt``), tensor by tensor in key order: equal only when every
+    weight is equal to the last bit."""
+    state = torch.load(Path(run_dir) / "last.pt", map_location="cpu", weights_only=True)["model"]
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class StopAfterAdvances(NullProgress):
     """A progress sink that asks the training loop to stop once it has advanced ``steps`` steps
     (whatever ``log_every`` is: every step advances the bar by one)."""

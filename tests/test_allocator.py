@@ -65,17 +65,18 @@ def test_the_limits_are_undone_when_the_run_fails(libc: FakeLibc) -> None:
 def test_nothing_is_touched_when_off_or_set_by_the_user(libc: FakeLibc, monkeypatch: pytest.MonkeyPatch) -> None:
     with kept_memory(False) as kept:
         assert not kept
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX512F")  # another tunable: not malloc's
-    with kept_memory() as kept:
-        assert kept
-    libc.calls.clear()
+    assert libc.calls == []  # off: not a single call
     for name, value in (("MALLOC_TRIM_THRESHOLD_", "68719476736"),
                         ("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0")):
         with monkeypatch.context() as env:
             env.setenv(name, value)
             with kept_memory() as kept:
                 assert not kept
-    assert libc.calls == []
+    assert libc.calls == []  # the user's own setting: left as it is
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX512F")  # another tunable: not malloc's
+    with kept_memory() as kept:
+        assert kept
+    assert libc.calls == KEEP + UNDO
 
 
 def test_elsewhere_than_glibc_it_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,7 +159,14 @@ def test_the_budget_times_its_members_with_the_setting_training_will_use(monkeyp
     from cifarctl.training import choice
 
     used = record_uses(monkeypatch, "cifarctl.training.choice")
+    monkeypatch.setattr(choice.time, "monotonic", lambda: 0.0)
+    timed = []
+
+    def probe(cfg: TrainConfig) -> choice.Probe:
+        timed.append(cfg.keep_memory)
+        return choice.Probe(1e-3 * cfg.batch_size, cfg.batch_size, {0: 1.0, 1: 2.0, 2: 6.0})
+
     cpu = torch.device("cpu")
-    for amp, keep in ((False, None), (False, False)):
-        assert choice.probe_member("airbench94_quarter", cpu, amp=amp, batch=4, keep_memory=keep) > 0
-    assert used == [True, False]
+    for keep in (None, False):
+        choice.choose("airbench", 300, 0.0, cpu, {"amp": False, "keep_memory": keep}, probe=probe)
+    assert used == [True, False] and set(timed) == {None, False}  # each probe built as its run will be

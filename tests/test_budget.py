@@ -205,21 +205,28 @@ def test_the_progress_bar_shows_the_planned_length(tmp_path: Path, monkeypatch: 
     assert epochs[2] == f"epoch 2/{planned}" and epochs[-1] == f"epoch {planned}/{planned}"
 
 
-def test_a_slower_machine_shortens_the_plan_and_cheaper_steps_lengthen_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def planned_at_10s(monkeypatch: pytest.MonkeyPatch, budget_s: float, eval_every: int):
+    """A budget planned 10 s in, at 1 s a step of 10 an epoch after 2 steps (2 test batches of 1 s), on a clock
+    the test moves (``now[0]``)."""
     now = [0.0]
     monkeypatch.setattr(budget_mod.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(budget_mod, "Stopwatch", FixedStopwatch)
-    budget = budget_mod.TimeBudget(100.0, clock=0.0, device="cpu")
+    budget = budget_mod.TimeBudget(budget_s, clock=0.0, device="cpu")
     now[0] = 10.0
-    shape = budget_mod.RunShape(steps_per_epoch=10, test_batches=2, val_batches=None, evaluate=True, eval_every=0,
-                                tta=0)
-    plan = budget.plan(1.0, {0: 1.0, 1: 2.0, 2: 6.0}, shape, done_steps=2)
+    shape = budget_mod.RunShape(steps_per_epoch=10, test_batches=2, val_batches=None, evaluate=True,
+                                eval_every=eval_every, tta=0)
+    return budget, budget.plan(1.0, {0: 1.0, 1: 2.0, 2: 6.0}, shape, done_steps=2), now
+
+
+def test_a_slower_machine_shortens_the_plan_and_cheaper_steps_lengthen_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    budget, plan, now = planned_at_10s(monkeypatch, 100.0, eval_every=0)
     assert not budget.measuring and plan.steps == 2 + int((100 - 10 - plan.reserve_s - 2.0) // 1.0)
     now[0] = 20.0
     assert budget.refit(12) is None  # 10 steps in 10 s: on the plan's pace
     now[0] = 40.0
     refitted = budget.refit(22)  # 10 steps in 20 s: at 2 s a step the plan's end is out of reach
-    assert refitted is not None and refitted.steps < plan.steps and "2.00x slower" in refitted.note
+    assert refitted is not None and refitted.steps < plan.steps
+    assert "2.00x the planned time" in refitted.note and "ended late" in refitted.note
     assert refitted.final_eval_s == pytest.approx(2 * plan.final_eval_s)  # it slows down alike
     assert refitted.steps == 22 + int((100 - 40 - plan.reserve_s - refitted.final_eval_s) // 2.0)
     now[0] = 60.0
@@ -231,6 +238,20 @@ def test_a_slower_machine_shortens_the_plan_and_cheaper_steps_lengthen_it(monkey
     longer = budget.refit(42)
     assert longer is not None and budget.planned is longer and longer.steps > refitted.steps
     left = 100 - 65 - plan.reserve_s - refitted.final_eval_s
-    assert longer.steps == 42 + int(left // (55 / 40)) and "1.38x the measured time" in longer.note
+    assert longer.steps == 42 + int(left // (55 / 40))
+    assert "1.38x the planned time" in longer.note and "ended early" in longer.note
     now[0] = 67.75
     assert budget.refit(44) is None  # 2 steps at the pace it lengthened with (55 s / 40 steps): no change
+
+
+def test_a_refitted_plan_counts_the_evaluations_the_run_makes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--eval-every 3: a refit counts one evaluation every third epoch, as the plan did (not one every epoch)."""
+    budget, plan, now = planned_at_10s(monkeypatch, 1000.0, eval_every=3)
+    assert plan.evaluations == budget_mod.evaluations_before_end(plan.steps, 10, 3) > 0
+    now[0] += 2 * plan.cost(2, 32)  # the first 30 steps (an evaluation among them) took twice the plan's time
+    refitted = budget.refit(32)
+    assert refitted is not None and refitted.steps < plan.steps
+    assert "2.00x the planned time" in refitted.note and "ended late" in refitted.note
+    every_third = budget_mod.evaluations_before_end(refitted.steps, 10, 3)
+    assert refitted.evaluations == every_third != budget_mod.evaluations_before_end(refitted.steps, 10, 1)
+    assert refitted.steps == plan.most_steps(32, 1000 - now[0] - plan.reserve_s - 2 * plan.final_eval_s, 2.0)

@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 from cifarctl.cli import app
 from cifarctl.errors import UsageError
 from cifarctl.models import create_model
+from cifarctl.models.registry import family_of, is_family
 from cifarctl.run.config import TrainConfig
 from cifarctl.models.user import resolve_model
 from cifarctl.trace import inspect_model
-from cifarctl.training import request_run, resume, train
+from cifarctl.training import Trainer, request_run, resume, train
 from cifarctl.training.budget import BudgetPlan, RunShape, choose_tta_by_frontier
-from cifarctl.training.choice import (CHANCE, Candidate, Frontier, choose, family_of, frontier_accuracy, is_family,
-                                      predict, shipped_frontier)
+from cifarctl.training.choice import Probe, choose, predict, probe_candidate
+from cifarctl.training.frontier import CHANCE, Candidate, Frontier, frontier_candidate, shipped_frontier
 from cifarctl.training.schedule import build_optimizer
 
 from conftest import tiny_dataset
@@ -40,7 +41,6 @@ def points(*rows: tuple[float, float, float, float]) -> tuple:
 # one four times cheaper per image; TTA buys a point or two. Times are seconds per image "there".
 FRONTIER = Frontier(
     measured_on="a test machine",
-    probe_s_per_image={"airbench94": 1e-3, "airbench94_half": 4e-4, "airbench94_quarter": 2.5e-4},
     eval_s_per_image={"airbench94": {0: 3e-4, 1: 6e-4, 2: 2e-3}, "airbench94_half": {0: 1e-4, 1: 2e-4, 2: 7e-4},
                       "airbench94_quarter": {0: 5e-5, 1: 1e-4, 2: 3.5e-4}},
     startup_s=5.0,
@@ -50,6 +50,20 @@ FRONTIER = Frontier(
         Candidate("airbench94_quarter", "paper", 4.0e-4,
                   points((2.0, 72, 73, 74), (8.0, 82, 83, 84), (30.0, 84, 85, 86))),
     ))
+
+
+def probe_at(slower: float, frontier: Frontier = FRONTIER, timed: list | None = None,
+             per_image: float | None = None):
+    """A probe on a machine ``slower`` times the frontier's (or where every member's image costs ``per_image``)."""
+    def probe(cfg: TrainConfig) -> Probe:
+        c = frontier.candidate(cfg.model, cfg.recipe)
+        cost = per_image if per_image is not None else (c.early_s_per_image or c.train_s_per_image) * slower
+        if timed is not None:
+            timed.append(cfg.model)
+        evals = {lv: frontier.eval_s_per_image[cfg.model][lv] * (slower if per_image is None else 1) * 10_000
+                 for lv in (0, 1, 2)}
+        return Probe(cost * cfg.batch_size, cfg.batch_size, evals)
+    return probe
 
 
 def test_the_frontier_interpolates_in_log_epochs_and_never_extrapolates_upwards() -> None:
@@ -63,31 +77,29 @@ def test_the_frontier_interpolates_in_log_epochs_and_never_extrapolates_upwards(
     assert c.accuracy(4.0, 2) == pytest.approx(87) and c.accuracy(100.0, 0) == 90  # past 8 epochs: held at 90
 
 
-def test_the_prediction_turns_seconds_into_epochs_with_this_machines_speed() -> None:
-    speed = {m: 2.0 for m in MEMBERS}  # half as fast as the frontier's machine
-    ranked = predict(FRONTIER, 600, speed)
-    assert [p.accuracy for p in ranked] == sorted((p.accuracy for p in ranked), reverse=True)
-    wide = next(p for p in ranked if p.model == "airbench94")
-    # 600 s less start-up (5 s there, 10 here) and the chosen level's evaluation, at 5.2 ms an image.
-    expected = (600 - 10 - wide.eval_s) / (2 * 2.6e-3 * 50_000)
-    assert wide.epochs == pytest.approx(expected) and wide.eval_s == pytest.approx(FRONTIER.eval_s_per_image[
-        "airbench94"][wide.tta] * 2 * 10_000)
-    assert wide.accuracy == pytest.approx(FRONTIER.candidates[0].accuracy(expected, wide.tta))
+def test_the_prediction_turns_seconds_into_epochs_at_the_probed_speed() -> None:
+    wide = FRONTIER.candidates[0]
+    probe = Probe(step_s=5.2, batch=1000, eval_s={0: 6.0, 1: 12.0, 2: 40.0})  # 5.2 ms an image here
+    best = predict(wide, probe, 600, startup_s=5.0)
+    # 600 s less start-up, half a step (the run's first builds its caches) and the chosen level's evaluation.
+    expected = (600 - 5 - 2.6 - probe.eval_s[best.tta]) / (5.2e-3 * 50_000)
+    assert best.epochs == pytest.approx(expected) and best.eval_s == probe.eval_s[best.tta]
+    assert best.accuracy == pytest.approx(wide.accuracy(expected, best.tta)) and best.timed
+    levels = [predict(wide, probe, 600, 5.0, max_tta=level) for level in (0, 1, 2)]
+    assert [p.tta for p in levels] == [0, 1, 2] and best.accuracy == max(p.accuracy for p in levels)
 
 
 def test_the_early_epochs_cost_their_own_time() -> None:
     # The quarter width's first 3 epochs cost 5e-4 s an image there (its stem still trains), later ones 4e-4.
     early = dataclasses.replace(FRONTIER.candidates[2], early_epochs=3.0, early_s_per_image=5e-4)
-    epoch_s, early_epoch_s = 2 * 4e-4 * 50_000, 2 * 5e-4 * 50_000   # on a machine twice as slow
-    assert early.epochs_in(1.5 * early_epoch_s, 2.0) == pytest.approx(1.5)
-    assert early.epochs_in(3 * early_epoch_s + 2 * epoch_s, 2.0) == pytest.approx(5.0)
-    assert early.epochs_in(-1.0, 2.0) == 0.0
+    assert early.later_cost == pytest.approx(0.8) and early.phases == (3.0, pytest.approx(0.8))
+    early_epoch_s = 1e-3 * 50_000  # here an image of the early epochs costs 1 ms: later ones 0.8 ms
+    assert early.epochs_in(1.5 * early_epoch_s, 1e-3) == pytest.approx(1.5)
+    assert early.epochs_in(3 * early_epoch_s + 2 * 0.8 * early_epoch_s, 1e-3) == pytest.approx(5.0)
+    assert early.epochs_in(-1.0, 1e-3) == 0.0
     # Without early epochs (or their time), every epoch costs the same: the shipped format before them.
-    assert FRONTIER.candidates[2].epochs_in(3 * epoch_s, 2.0) == pytest.approx(3.0)
-    slow_start = dataclasses.replace(FRONTIER, candidates=(early,))
-    (only,) = predict(slow_start, 600, {"airbench94_quarter": 2.0})
-    assert only.epochs == pytest.approx(early.epochs_in(600 - 10 - only.eval_s, 2.0))
-    assert only.epochs < predict(FRONTIER, 600, {"airbench94_quarter": 2.0})[0].epochs
+    assert FRONTIER.candidates[2].epochs_in(3 * early_epoch_s, 1e-3) == pytest.approx(3.0)
+    assert FRONTIER.candidates[2].phases is None
 
 
 @pytest.mark.parametrize("seconds, expected", [(150, "airbench94_quarter"), (600, "airbench94_half"),
@@ -95,39 +107,61 @@ def test_the_early_epochs_cost_their_own_time() -> None:
 def test_a_budget_chooses_by_what_each_candidate_reaches(seconds: float, expected: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(choice_mod.time, "monotonic", lambda: 100.0)
-    probed: list[str] = []
-
-    def probe(member: str) -> float:
-        probed.append(member)
-        return FRONTIER.probe_s_per_image[member]  # this machine is the frontier's
-
-    chosen = choose("airbench", seconds, clock=100.0, device=torch.device("cpu"), frontier=FRONTIER, probe=probe)
-    assert probed == list(MEMBERS) and chosen.speed == {m: 1.0 for m in MEMBERS}
-    assert chosen.chosen.model == expected
+    timed: list[str] = []
+    chosen = choose("airbench", seconds, clock=100.0, device=torch.device("cpu"), frontier=FRONTIER,
+                    probe=probe_at(1.0, timed=timed))  # this machine is the frontier's
+    assert timed[0] == "airbench94_quarter" and chosen.chosen.model == expected and chosen.chosen.timed
     every = [chosen.chosen, *chosen.others]
-    assert chosen.chosen.accuracy == max(p.accuracy for p in every) and len(every) == 3
+    assert chosen.chosen.accuracy == max(p.accuracy for p in every if p.timed) and len(every) == 3
     assert "predicted" in chosen.describe() and expected in chosen.describe()
+    assert set(chosen.probes) == {f"{m} with {next(c.recipe for c in FRONTIER.candidates if c.model == m)}"
+                                  for m in timed}
+
+
+def test_a_member_that_cannot_win_is_never_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timing the wide member's steps takes seconds on a CPU: at 150 s it cannot win even at 0.6x the cost the
+    frontier's ratios give it, so it is not timed; its estimate is shown as one."""
+    monkeypatch.setattr(choice_mod.time, "monotonic", lambda: 0.0)
+    timed: list[str] = []
+    short = choose("airbench", 150, 0.0, torch.device("cpu"), frontier=FRONTIER, probe=probe_at(1.0, timed=timed))
+    assert "airbench94" not in timed and short.chosen.model == "airbench94_quarter"
+    wide = next(p for p in short.others if p.model == "airbench94")
+    assert not wide.timed and "at best: not timed" in short.describe()
+    timed.clear()
+    choose("airbench", 20_000, 0.0, torch.device("cpu"), frontier=FRONTIER, probe=probe_at(1.0, timed=timed))
+    assert timed == ["airbench94_quarter", "airbench94_half", "airbench94"]
 
 
 def test_a_machine_where_width_costs_nothing_chooses_the_widest(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A GPU: every member's probe takes the same time, so the narrow ones are 2.5-4x slower than "there"
-    # relative to the wide one, and the wide net's better epochs win at a budget where a CPU takes the half.
+    # A GPU: every member's step takes the same time, and the wide net's better epochs win at a budget
+    # where a CPU takes the half.
     monkeypatch.setattr(choice_mod.time, "monotonic", lambda: 0.0)
-    cpu = choose("airbench", 600, 0.0, torch.device("cpu"), frontier=FRONTIER,
-                 probe=lambda m: FRONTIER.probe_s_per_image[m])
-    gpu = choose("airbench", 600, 0.0, torch.device("cpu"), frontier=FRONTIER, probe=lambda m: 1e-4)
+    cpu = choose("airbench", 600, 0.0, torch.device("cpu"), frontier=FRONTIER, probe=probe_at(1.0))
+    gpu = choose("airbench", 600, 0.0, torch.device("cpu"), frontier=FRONTIER, probe=probe_at(1.0, per_image=1e-4))
     assert cpu.chosen.model == "airbench94_half" and gpu.chosen.model == "airbench94"
 
 
 def test_a_recipe_narrows_the_choice_and_an_unknown_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(choice_mod.time, "monotonic", lambda: 0.0)
     only = choose("airbench", 900, 0.0, torch.device("cpu"), frontier=FRONTIER, recipes=["paper"],
-                  probe=lambda m: FRONTIER.probe_s_per_image[m])
+                  probe=probe_at(1.0))
     assert {p.recipe for p in [only.chosen, *only.others]} == {"paper"}
     with pytest.raises(UsageError, match="no airbench candidate with recipe sam"):
-        choose("airbench", 900, 0.0, torch.device("cpu"), frontier=FRONTIER, recipes=["sam"], probe=lambda m: 1.0)
+        choose("airbench", 900, 0.0, torch.device("cpu"), frontier=FRONTIER, recipes=["sam"], probe=probe_at(1.0))
     with pytest.raises(UsageError, match="leaves no time"):
-        choose("airbench", 10, 0.0, torch.device("cpu"), frontier=FRONTIER, probe=lambda m: 1.0)
+        choose("airbench", 5, 0.0, torch.device("cpu"), frontier=FRONTIER, probe=probe_at(1.0))
+
+
+def test_the_probe_takes_the_runs_own_steps() -> None:
+    """Real steps of the recipe's run here: its batch, in its chunks, with its optimizer, on random images."""
+    cfg = TrainConfig.for_model("airbench94_quarter", "muon", batch_size=16, micro_batch=8, eval_batch_size=20,
+                                device="cpu", amp=False)
+    probe = probe_candidate(cfg, torch.device("cpu"), test_images=100)
+    assert probe.batch == 16 and probe.step_s > 0 and probe.s_per_image == probe.step_s / 16
+    assert 0 < probe.eval_s[0] < probe.eval_s[2] and probe.seconds >= probe.step_s
+    before = torch.get_rng_state()
+    probe_candidate(cfg, torch.device("cpu"), test_images=100)
+    assert torch.equal(torch.get_rng_state(), before)  # the run that follows draws what it would have drawn
 
 
 def _plan_at(step_s: float, level_s: dict[int, float], budget_s: float):
@@ -145,26 +179,37 @@ def test_the_tta_level_is_chosen_by_what_it_buys_against_the_steps_it_costs() ->
     level_s = {0: 1.0, 1: 2.0, 2: 6.0}  # seconds per test batch: level 2 costs 120 s of evaluation
     c = FRONTIER.candidates[0]
     short = choose_tta_by_frontier(_plan_at(2.0, level_s, 300), 2, c.accuracy)
-    # 300 s: TTA 2 leaves 1.65 epochs (79.2%), TTA 1 2.47 (82.5%), TTA 0 2.67 (82.1%): level 1 buys most.
-    assert short.tta == 1 and "uses TTA 1" in short.note and "with TTA 2 (1.65 epochs)" in short.note
+    # 300 s less 10 spent, 7.5 kept back and the evaluation (20, 40 or 120 s), at 2 s a step of 49 an epoch:
+    # TTA 0 131 steps (2.67 epochs, 82.1%), TTA 1 121 (2.47, 82.5%), TTA 2 81 (1.65, 79.2%): level 1 buys most.
+    assert short.tta == 1 and short.steps == 121
+    assert "uses TTA 1" in short.note and "82.5%" in short.note and "with TTA 2 (1.65 epochs)" in short.note
     long = choose_tta_by_frontier(_plan_at(2.0, level_s, 5000), 2, c.accuracy)
     assert long.tta == 2 and long.note == ""  # past the frontier's longest run the steps buy nothing more
-    options = {t: c.accuracy(_plan_at(2.0, level_s, 300)(t).epochs, t) for t in (0, 1, 2)}
-    assert max(options, key=options.get) == short.tta
 
 
 def test_a_level_that_leaves_no_time_to_train_is_skipped() -> None:
     level_s = {0: 0.1, 1: 0.2, 2: 50.0}  # level 2 alone would take 1000 s
     plan = choose_tta_by_frontier(_plan_at(1.0, level_s, 300), 2, FRONTIER.candidates[0].accuracy)
-    assert plan.tta in (0, 1) and plan.steps > 0
+    # TTA 0: 280 steps (5.71 epochs, 87.6%); TTA 1: 278 (5.67 epochs, 88.5%); TTA 2: none
+    assert plan.tta == 1 and plan.steps == 278 and "(TTA 2 leaves no time to train)" in plan.note
 
 
-def test_a_budgeted_run_of_a_member_chooses_its_tta_from_the_shipped_frontier() -> None:
+def test_a_budgeted_run_of_a_member_plans_with_its_frontier(tmp_path: Path) -> None:
+    """A member's budgeted run chooses its TTA by the frontier's prediction and plans its later, cheaper
+    epochs at the frontier's ratio; a model outside a family has neither."""
     for model in MEMBERS:
         for recipe in ("paper", "muon"):
-            assert frontier_accuracy(model, recipe) is not None, (model, recipe)
-    assert frontier_accuracy("resnet18", "onecycle") is None and frontier_accuracy("airbench94", "sam") is None
+            known = frontier_candidate(model, recipe)
+            assert known is not None and known.phases is not None and known.phases[0] > 0, (model, recipe)
+    assert frontier_candidate("resnet18", "onecycle") is None and frontier_candidate("airbench94", "sam") is None
     assert is_family("airbench") and family_of("airbench94_half") == "airbench" and family_of("vgg16") is None
+    data = tiny_dataset()
+    common = dict(time_budget=60.0, device="cpu", amp=False, eval_batch_size=50, batch_size=50)
+    member = Trainer(TrainConfig.for_model("airbench94_quarter", "muon", **common), data, tmp_path / "member")
+    known = frontier_candidate("airbench94_quarter", "muon")
+    assert member.budget.accuracy == known.accuracy and member.budget.phases == known.phases
+    other = Trainer(TrainConfig.for_model("resnet18", **common), data, tmp_path / "other")
+    assert other.budget.accuracy is None and other.budget.phases is None
 
 
 def test_the_shipped_frontier_measures_every_candidate() -> None:
@@ -177,20 +222,19 @@ def test_the_shipped_frontier_measures_every_candidate() -> None:
         # airbench's stem trains its bias for 3 epochs: the frontier times them apart (slower there).
         assert c.early_epochs == 3 and c.early_s_per_image > 0
     for member in MEMBERS:
-        assert shipped.probe_s_per_image[member] > 0 and set(shipped.eval_s_per_image[member]) == {0, 1, 2}
+        assert set(shipped.eval_s_per_image[member]) == {0, 1, 2}
 
 
 def test_the_shipped_frontier_sends_a_fast_machine_to_the_widest_member(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A GPU: every member's probe takes the same short time, and 5 minutes hold more epochs of each than
+    # A GPU: every member's step takes the same short time, and 5 minutes hold more epochs of each than
     # any budgeted CPU run measured. Past its longest run a candidate is held at that run's accuracy, so
     # the frontier must reach airbench94's full-length accuracy, or the narrow members' longer CPU runs
     # would win a choice they lose on the GPU.
     monkeypatch.setattr(choice_mod.time, "monotonic", lambda: 0.0)
     shipped = shipped_frontier()
-    fast = choose("airbench", 300, 0.0, torch.device("cpu"), frontier=shipped, probe=lambda m: 1e-6)
+    fast = choose("airbench", 300, 0.0, torch.device("cpu"), frontier=shipped, probe=probe_at(1.0, shipped, None, 1e-6))
     assert fast.chosen.model == "airbench94" and fast.chosen.epochs > 20
-    on_its_own_machine = choose("airbench", 300, 0.0, torch.device("cpu"), frontier=shipped,
-                                probe=lambda m: shipped.probe_s_per_image[m])
+    on_its_own_machine = choose("airbench", 300, 0.0, torch.device("cpu"), frontier=shipped, probe=probe_at(1.0, shipped))
     assert on_its_own_machine.chosen.model != "airbench94"  # where it was measured, a narrow member wins 5 minutes
 
 
@@ -240,7 +284,8 @@ def test_airbench94_itself_is_unchanged() -> None:
 
 def _fake_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(choice_mod, "shipped_frontier", lambda: FRONTIER)
-    monkeypatch.setattr(choice_mod, "probe_member", lambda m, device, amp=True, **_: FRONTIER.probe_s_per_image[m] / 50)
+    fast = probe_at(1 / 50)  # a machine 50x faster than the frontier's
+    monkeypatch.setattr(choice_mod, "probe_candidate", lambda cfg, device, *_: fast(cfg))
 
 
 def test_a_chosen_run_is_recorded_and_a_resume_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

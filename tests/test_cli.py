@@ -88,7 +88,7 @@ def test_train_json_and_out_dir(runner: CliRunner, cached, tmp_path: Path) -> No
 
 
 def test_fake_data_needs_no_dataset(runner: CliRunner, home: Path, monkeypatch) -> None:
-    monkeypatch.setattr("cifarctl.cli.data.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
+    monkeypatch.setattr("cifarctl.data.cifar10.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
     result = runner.invoke(app, ["train", "resnet50", "--data", "fake", "--max-steps", "1", "--no-eval", *FAST])
     assert result.exit_code == 0, result.output
 
@@ -101,7 +101,7 @@ def test_fake_data_needs_no_dataset(runner: CliRunner, home: Path, monkeypatch) 
     (["train", "vgg16", "--optimizer", "adagrad", "--data", "fake"], 2, "unknown optimizer"),
 ])
 def test_bad_input_is_one_line(runner: CliRunner, home: Path, monkeypatch, args, code, words) -> None:
-    monkeypatch.setattr("cifarctl.cli.data.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
+    monkeypatch.setattr("cifarctl.data.cifar10.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
     if "cuda:7" in args:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -114,7 +114,7 @@ def test_bad_input_is_one_line(runner: CliRunner, home: Path, monkeypatch, args,
 
 def test_cuda_absent_is_explained(runner: CliRunner, home: Path, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("cifarctl.cli.data.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
+    monkeypatch.setattr("cifarctl.data.cifar10.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
     result = runner.invoke(app, ["train", "vgg16", "--device", "cuda", "--data", "fake"])
     assert result.exit_code == 1 and "use --device cpu" in result.output
 
@@ -220,7 +220,7 @@ def test_models_lists_every_model_with_its_recipe(runner: CliRunner) -> None:
 
 def test_resume_takes_the_data_and_model_from_the_run(runner: CliRunner, home: Path, tmp_path: Path,
                                                       monkeypatch) -> None:
-    monkeypatch.setattr("cifarctl.cli.data.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
+    monkeypatch.setattr("cifarctl.data.cifar10.fake_cifar10", lambda: __import__("conftest").tiny_dataset())
     run = tmp_path / "run"
     first = runner.invoke(app, ["train", "resnet50", "--data", "fake", "--epochs", "1", "--max-steps", "1",
                                 "--no-eval", *FAST, "--out", str(run)])

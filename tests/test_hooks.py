@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from cifarctl.errors import UsageError
-from cifarctl.models.hooks import ParameterGroup, call_hook, declared_groups, has_hook
+from cifarctl.models.hooks import HOOKS, ParameterGroup, call_hook, declared_groups, has_hook
 from cifarctl.models.registry import is_model, register_model
 from cifarctl.run.checkpoint import load_checkpoint
 from cifarctl.run.config import TrainConfig
-from cifarctl.training import TrainingInterrupted, resume, train
+from cifarctl.training import Trainer, TrainingInterrupted, resume, train
 from cifarctl.training.schedule import build_optimizer, build_scheduler
 
 from conftest import StopAfterAdvances, tiny_dataset
@@ -27,10 +27,11 @@ class HookedNet(nn.Module):
     """A user-style model with all three hooks: it records their calls, and acts as airbench94 does
     (sets a layer from the images, freezes a bias after ``freeze_after`` epochs, declares that bias)."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, freeze_after: int = 1) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
         self.head = nn.Linear(4, num_classes)
+        self.freeze_after = freeze_after
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.stem(x)).mean((2, 3)))
@@ -42,33 +43,48 @@ class HookedNet(nn.Module):
 
     def on_epoch_start(self, epoch: int, settings: Mapping[str, Any]) -> None:
         CALLS.append(("epoch", epoch))
-        self.stem.bias.requires_grad_(epoch < settings["whiten_bias_epochs"])
+        self.stem.bias.requires_grad_(epoch < self.freeze_after)
 
     def parameter_groups(self, settings: Mapping[str, Any]) -> list[ParameterGroup]:
-        return [ParameterGroup("stem_bias", (self.stem.bias,), train_epochs=settings["whiten_bias_epochs"])]
+        return [ParameterGroup("stem_bias", (self.stem.bias,), train_epochs=self.freeze_after)]
 
 
 class PlainNet(HookedNet):
-    """The same network without a single hook."""
+    """The same network without a single hook (the names there, but nothing to call)."""
 
     init_from_data = None  # type: ignore[assignment]
     on_epoch_start = None  # type: ignore[assignment]
     parameter_groups = None  # type: ignore[assignment]
 
 
+class BareNet(nn.Module):
+    """The same layers, and not even the hooks' names."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, num_classes)
+
+    forward = HookedNet.forward
+
+
 if not is_model("hooked_test_net"):
     @register_model
-    def hooked_test_net(num_classes: int = 10) -> nn.Module:
-        return HookedNet(num_classes)
+    def hooked_test_net(num_classes: int = 10, freeze_after: int = 1) -> nn.Module:
+        return HookedNet(num_classes, freeze_after)
 
     @register_model
     def plain_test_net(num_classes: int = 10) -> nn.Module:
         return PlainNet(num_classes)
 
+    @register_model
+    def bare_test_net(num_classes: int = 10) -> nn.Module:
+        return BareNet(num_classes)
+
 
 def _cfg(model: str, **overrides: Any) -> TrainConfig:
     values = dict(model=model, epochs=3, batch_size=50, device="cpu", eval_batch_size=50, amp=False, seed=4,
-                  optimizer="sgd", lr=0.05, whiten=True, whiten_bias_epochs=1)
+                  optimizer="sgd", lr=0.05, init_from_data=True)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -100,7 +116,7 @@ def test_the_epoch_hook_freezes_what_it_says(tmp_path: Path) -> None:
 def test_init_from_data_needs_the_recipe_and_a_fresh_start(tmp_path: Path) -> None:
     data = tiny_dataset()
     CALLS.clear()
-    train(_cfg("hooked_test_net", whiten=False, epochs=1), data, tmp_path / "off")
+    train(_cfg("hooked_test_net", init_from_data=False, epochs=1), data, tmp_path / "off")
     assert not [c for c in CALLS if c[0] == "init"] and ("epoch", 0) in CALLS
     CALLS.clear()
     train(_cfg("hooked_test_net", epochs=1, init_ckpt=str(tmp_path / "off" / "last.pt")), data, tmp_path / "ckpt")
@@ -117,22 +133,31 @@ def test_init_from_data_needs_the_recipe_and_a_fresh_start(tmp_path: Path) -> No
 
 def test_a_model_without_hooks_is_untouched(tmp_path: Path) -> None:
     plain = PlainNet()
-    assert not any(has_hook(plain, name) for name in ("init_from_data", "on_epoch_start", "parameter_groups"))
+    assert not any(has_hook(plain, name) for name in HOOKS)
     assert call_hook(plain, "on_epoch_start", 0, {}) is None and declared_groups(plain, {}) == []
-    CALLS.clear()
-    train(_cfg("plain_test_net", whiten=False, optimizer="muon", lr_units="sum", lr=0.01, lr_schedule="linear"),
-          tiny_dataset(), tmp_path / "run")
-    assert CALLS == []
-    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    muon = dict(init_from_data=False, optimizer="muon", lr_units="sum", lr=0.01, lr_schedule="linear")
+    data = tiny_dataset()
+    trainers = {name: Trainer(_cfg(name, **muon), data, tmp_path / name) for name in ("plain_test_net", "bare_test_net")}
+    for trainer in trainers.values():
+        trainer.run()
+    # Nothing frozen (the hooked net's stem bias stops after its first epoch), no group set apart ...
+    assert all(p.requires_grad for p in trainers["plain_test_net"].model.parameters())
+    state = load_checkpoint(tmp_path / "plain_test_net" / "last.pt")
     assert [g["name"] for g in state["optimizer"]["param_groups"]] == ["filters", "head", "other_bias"]
-    with pytest.raises(UsageError, match="--whiten applies to models that set themselves from the training images"):
-        train(_cfg("plain_test_net"), tiny_dataset(), tmp_path / "whiten")
+    # ... and the weights those of the same layers without even the hooks' names: trained exactly alike.
+    bare = load_checkpoint(tmp_path / "bare_test_net" / "last.pt")["model"]
+    assert all(torch.equal(state["model"][k], bare[k]) for k in bare) and state["model"].keys() == bare.keys()
+    hooked = Trainer(_cfg("hooked_test_net", **muon), data, tmp_path / "hooked")
+    hooked.run()
+    assert not hooked.model.stem.bias.requires_grad  # what the hooks would have done: the test can tell
+    with pytest.raises(UsageError, match="--init-from-data applies to models that set themselves from the training"):
+        train(_cfg("plain_test_net"), data, tmp_path / "init")
 
 
 def test_declared_groups_go_apart_under_muon_and_reach_zero_when_they_stop() -> None:
     cfg = _cfg("hooked_test_net", optimizer="muon", lr_units="sum", lr=0.01, lr_schedule="linear",
-               whiten_bias_epochs=2, epochs=4)
-    model = HookedNet()
+               model_options={"freeze_after": 2}, epochs=4)
+    model = HookedNet(freeze_after=2)
     optimizer = build_optimizer(cfg, model)
     names = [g["name"] for g in optimizer.param_groups]
     assert names == ["filters", "head", "stem_bias", "other_bias"]  # before the rest of its ordinary group

@@ -42,7 +42,7 @@ def test_course_models_keep_the_course_recipe() -> None:
     for name in ("vgg16", "resnet50"):
         cfg = TrainConfig.for_model(name)
         assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.lr_schedule) == ("adam", 1e-3, 100, 1, "none")
-        assert cfg.tta == 0 and not cfg.ema and not cfg.whiten and cfg.weight_decay == 0
+        assert cfg.tta == 0 and not cfg.ema and not cfg.init_from_data and cfg.weight_decay == 0
 
 
 def test_airbench94_recipe_is_the_papers() -> None:
@@ -50,7 +50,7 @@ def test_airbench94_recipe_is_the_papers() -> None:
     assert (cfg.optimizer, cfg.nesterov, cfg.batch_size, cfg.epochs) == ("sgd", True, 1024, 10)
     assert (cfg.lr, cfg.lr_units, cfg.momentum, cfg.weight_decay) == (11.5, "per1024", 0.85, 0.0153)
     assert (cfg.label_smoothing, cfg.norm_bias_lr_scale, cfg.tta) == (0.2, 64.0, 2)
-    assert cfg.ema and cfg.whiten and cfg.flip == "alternate" and (cfg.translate, cfg.pad_mode) == (2, "reflect")
+    assert cfg.ema and cfg.init_from_data and cfg.flip == "alternate" and (cfg.translate, cfg.pad_mode) == (2, "reflect")
 
 
 def test_a_flag_overrides_one_field_of_the_recipe() -> None:
@@ -104,13 +104,14 @@ def test_eval_every_scores_each_epoch_without_changing_the_training(cached, tmp_
     assert json.loads((tmp_path / "every" / "config.json").read_text())["eval_every"] == 1
 
 
-def test_whiten_is_refused_where_it_does_not_apply(cached) -> None:
+def test_init_from_data_is_refused_where_it_does_not_apply(cached) -> None:
     from typer.testing import CliRunner
 
     from cifarctl.cli import app
 
-    result = CliRunner().invoke(app, ["train", "vgg16", "--whiten", "--offline", "--device", "cpu"])
-    assert result.exit_code == 2 and "whitening stem" in result.output
+    for flag in ("--init-from-data", "--whiten"):  # --whiten: airbench94's name for it
+        result = CliRunner().invoke(app, ["train", "vgg16", flag, "--offline", "--device", "cpu"])
+        assert result.exit_code == 2 and "init_from_data hook" in result.output and "drop --init-from-data" in result.output
 
 
 def test_whitening_stem_whitens_the_patches_it_was_computed_from() -> None:

@@ -113,7 +113,7 @@ def test_a_users_file_goes_through_every_command(home: Path, tmp_path: Path, mon
     spec, run, runner = f"{file}:SmallResNet", tmp_path / "run", CliRunner()
     common = ["--data", "fake", "--device", "cpu"]
     small = tiny_dataset()
-    monkeypatch.setattr("cifarctl.cli.data.fake_cifar10", lambda: small)
+    monkeypatch.setattr("cifarctl.data.cifar10.fake_cifar10", lambda: small)
     result = runner.invoke(app, ["train", spec, "--max-steps", "2", "--batch-size", "50", "--out", str(run), *common])
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
@@ -179,7 +179,7 @@ def test_model_kwargs_and_num_classes_reach_the_constructor_and_config(home: Pat
     with pytest.raises(UsageError, match="KEY=VALUE"):
         parse_model_kwargs(["width"])
     runner = CliRunner()
-    monkeypatch.setattr("cifarctl.cli.data.fake_cifar10", tiny_dataset)
+    monkeypatch.setattr("cifarctl.data.cifar10.fake_cifar10", tiny_dataset)
     result = runner.invoke(app, ["train", f"{factory}:make_net", "--data", "fake", "--max-steps", "1"])
     assert result.exit_code == 2 and "--model-kwargs" in result.output and "width" in result.output
     out = tmp_path / "run"
@@ -327,7 +327,7 @@ def test_a_crafted_run_folder_makes_nothing_import(tmp_path: Path, monkeypatch: 
     data = tiny_dataset()
     with pytest.raises(UsageError, match="cifarctl runs no code because a run folder names it"):
         resume(crafted, data)
-    with pytest.raises(UsageError, match="not lenet.py:LeNet: resuming it would import and run that code"):
+    with pytest.raises(UsageError, match=r"not lenet.py:LeNet \(so its checkpoint says\): resuming it would import and run"):
         resume(crafted, data, model_spec=spec)
     # Read benign before the lock, crafted under it (the folder was swapped meanwhile): the second read is checked.
     with pytest.raises(UsageError, match="is a evilmod:make run"):
@@ -401,5 +401,5 @@ def test_train_help_is_grouped() -> None:
     assert result.exit_code == 0
     headings = [line.rstrip(":") for line in result.output.splitlines() if line and not line.startswith(" ")
                 and line.endswith(":")]
-    assert headings[:8] == ["Arguments", "Model", "Schedule and optimizer", "Augmentation", "Evaluation", "Speed",
-                            "Run and output", "Options"]
+    assert headings[:9] == ["Arguments", "Model", "Schedule and optimizer", "Augmentation", "Evaluation", "Speed",
+                            "Seeds", "Run and output", "Options"]

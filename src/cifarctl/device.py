@@ -7,6 +7,7 @@ ways); it has not been measured on Apple hardware.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from cifarctl.errors import DeviceError
 
@@ -123,15 +124,52 @@ def sync_device(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def default_channels_last(device: torch.device, cast: torch.dtype | None) -> bool:
-    """Whether training uses channels_last by default: where it measured faster.
+def default_channels_last(device: torch.device, cast: torch.dtype | None, inference: bool = False) -> bool:
+    """Whether channels_last is faster here, for training or (``inference``) evaluation alone.
 
     CUDA and CPU bf16: faster. CPU fp32 on a CPU without native bf16 (2-core AVX2 EPYC, Zen 3):
     training 1.44x faster for airbench94, 1.16-1.25x for VGG-16, ResNet-50 and ResNet-18, evaluation 2x.
-    CPU fp32 on a CPU with native bf16 (the AVX-512 Zen 4, i.e. with --no-amp): a little slower, so off.
+    CPU fp32 on a CPU with native bf16 (the AVX-512 Zen 4, i.e. with --no-amp): training a little slower,
+    so off; inference faster on every CPU (VGG-16: 290 against 336 ms per 100 images). Apple GPUs:
+    unmeasured, so the layout torch uses by default there.
     """
-    if device.type == "mps":  # unmeasured on Apple GPUs: the layout torch uses by default there
+    if device.type == "mps":
         return False
-    if device.type != "cpu" or cast is not None:
+    if device.type != "cpu" or cast is not None or inference:
         return True
     return not cpu_has_native_bf16()
+
+
+def takes_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s forward runs on channels_last images (one that ``.view()``s its maps does not), tried
+    on two images where its parameters are. The model is left in the default layout, each module in the
+    train/eval mode it was in, and the random state as it was."""
+    modes = {m: m.training for m in model.modules()}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        model.eval()
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            model.to(memory_format=torch.channels_last)(
+                torch.zeros(2, 3, 32, 32, device=device).to(memory_format=torch.channels_last))
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+        for module, training in modes.items():
+            module.training = training
+
+
+def uses_channels_last(model: nn.Module, device: torch.device, cast: torch.dtype | None, registered: bool,
+                       asked: bool | None = None, inference: bool = False) -> bool:
+    """The memory format a run (or, ``inference``, an evaluation) gives ``model``: ``asked``
+    (``--channels-last/--no-channels-last``), else channels_last where it is faster here
+    (``default_channels_last``) for a model that takes it: a registered model does; a model of your own
+    is tried first (one that ``.view()``s its maps refuses channels_last tensors).
+    The training run, the budget's probe and evaluation all decide it here.
+    """
+    if asked is not None:
+        return asked
+    if not default_channels_last(device, cast, inference):
+        return False
+    return registered or takes_channels_last(model)

@@ -70,6 +70,14 @@ def rank_device(device: torch.device, info: DistInfo) -> torch.device:
     return device
 
 
+def own_device(device: torch.device) -> torch.device:
+    """The device of a process that trains alone under torchrun (a group's seeds spread over the ranks): the
+    GPU of its local rank, where ``device`` is CUDA without an index; else ``device``."""
+    if launched_by_torchrun() and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks in place (no-op alone)."""
     if current().enabled:

@@ -12,7 +12,7 @@ from torch import nn
 
 from cifarctl.data.cifar10 import CIFAR10, CLASSES
 from cifarctl.data.loader import DeviceLoader
-from cifarctl.device import autocast_dtype, resolve_device
+from cifarctl.device import autocast_dtype, resolve_device, uses_channels_last
 from cifarctl.distributed import all_reduce_sum
 from cifarctl.models import is_model
 from cifarctl.models.spec import ModelSource, build_model
@@ -114,24 +114,6 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     return result
 
 
-def takes_channels_last(model: nn.Module, device: torch.device) -> bool:
-    """Whether ``model``'s forward runs on channels_last images (one that ``.view()``s its maps does not).
-    The model is left in the default layout, each module in the train/eval mode it was in."""
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.inference_mode():
-            model.to(memory_format=torch.channels_last)(
-                torch.zeros(2, 3, 32, 32, device=device).to(memory_format=torch.channels_last))
-        return True
-    except RuntimeError:
-        return False
-    finally:
-        model.to(memory_format=torch.contiguous_format)
-        for module, training in modes.items():
-            module.training = training
-
-
 @dataclass
 class LoadedModel:
     """A checkpoint's weights in the model the caller named, with the settings its training used."""
@@ -178,11 +160,8 @@ def evaluate(model_name: str, checkpoint: Path | str, data: CIFAR10, device: str
     dev = resolve_device(device)
     loaded = load_model(model_name, checkpoint, num_classes, model_kwargs)
     model, state, trained = loaded.model, loaded.state, loaded.trained
-    # channels_last: measured faster for inference on CPU (VGG-16: 290 vs 336 ms per 100 images) and CUDA, and
-    # the same layout as the built-in model for a user's file of it (so both score alike to the last bit); a
-    # user's model that .view()s its maps refuses it, and keeps the default layout.
-    model.to(dev)
-    channels_last = loaded.source.kind == "registered" or takes_channels_last(model, dev)
+    channels_last = uses_channels_last(model.to(dev), dev, autocast_dtype(dev, amp),
+                                       registered=loaded.source.kind == "registered", inference=True)
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loader = DeviceLoader(data.test_images, data.test_labels, batch_size, dev, train=False,
                           channels_last=channels_last, mean=trained["mean"], std=trained["std"])

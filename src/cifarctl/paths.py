@@ -14,6 +14,8 @@ import platformdirs
 
 APP_NAME = "cifarctl"
 HOME_ENV = "CIFARCTL_HOME"
+# Where a run folder or checkpoint is asked for: the newest one of the model (a bare ``--resume`` or ``--ckpt``).
+NEWEST = "\0newest"
 
 
 def _home() -> Path | None:

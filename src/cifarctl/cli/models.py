@@ -36,8 +36,8 @@ def models(json_output: Json = False) -> None:
             first = (r.name, *sized) if i == 0 else ("", "", "")
             table.add_row(*first, label, recipe["reference"])
     out_console().print(table)
-    from cifarctl.training.choice import FAMILIES
+    from cifarctl.models.registry import families
 
-    for family, members in FAMILIES.items():
+    for family, members in families().items():
         out_console().print(f"[bold]{family}[/]: {', '.join(members)}; `cifarctl train {family} --time-budget 5m` "
                             "chooses the member, recipe and TTA for the time (docs/training.md)")

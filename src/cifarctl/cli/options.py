@@ -9,6 +9,8 @@ from typing import Annotated, Any, Optional, get_args
 import typer
 from typer.core import TyperCommand
 
+from cifarctl import paths
+
 Device = Annotated[str, typer.Option("--device", "-d", help="auto (CUDA, then an Apple GPU, then the CPU), cpu, cuda, cuda:N or mps.")]
 Verify = Annotated[bool, typer.Option("--verify", help="Also check the train split's sha256 (the test split is always checked).")]
 Offline = Annotated[bool, typer.Option("--offline", help="Never download; fail with a hint if the dataset is missing.")]
@@ -29,7 +31,7 @@ NumClasses = Annotated[Optional[int], typer.Option(
 
 # The panels of a long help (`train --help`), in the order they are shown; other panels come first, and the
 # options without one ("--help") last.
-PANELS = ("Model", "Schedule and optimizer", "Augmentation", "Evaluation", "Speed", "Run and output")
+PANELS = ("Model", "Schedule and optimizer", "Augmentation", "Evaluation", "Speed", "Seeds", "Run and output")
 
 
 def in_panel(option: Any, panel: str) -> Any:
@@ -49,8 +51,8 @@ def model_kwargs(items: list[str] | None) -> dict[str, Any] | None:
     return parse_model_kwargs(items)
 
 
-# Sentinel for an option given without its value (``--ckpt`` alone means "the newest checkpoint").
-NEWEST = "\0newest"
+# An option given without its value (``--ckpt`` alone means "the newest checkpoint").
+NEWEST = paths.NEWEST
 
 Ckpt = Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint file (cifarctl's or a raw state_dict); bare "
                                               "or omitted: the newest checkpoint of MODEL.")]

@@ -17,7 +17,6 @@ from cifarctl.cli.options import (NEWEST, Device, Json, ModelArg, ModelKwargs, N
                                   in_panel)
 from cifarctl.cli.options import model_kwargs as parse_kwargs
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
-from cifarctl.errors import UsageError
 
 if TYPE_CHECKING:
     from cifarctl.training import TrainResult
@@ -48,7 +47,7 @@ Flag = Optional[bool]
 RECIPE = "Default: the model's recipe (`cifarctl models`)."
 # The help's panels, as git and the hf CLI group their options.
 P_MODEL, P_SCHEDULE, P_AUGMENTATION = "Model", "Schedule and optimizer", "Augmentation"
-P_EVALUATION, P_RUN, P_SPEED = "Evaluation", "Run and output", "Speed"
+P_EVALUATION, P_RUN, P_SPEED, P_SEEDS = "Evaluation", "Run and output", "Speed", "Seeds"
 
 
 @handle_errors
@@ -82,7 +81,7 @@ def train(
     translate: Annotated[Optional[int], typer.Option("--translate", min=0, help="Random shifts of up to N pixels (crop of a padded image); 0: none.", rich_help_panel=P_AUGMENTATION)] = None,
     flip: Annotated[Optional[str], typer.Option("--flip", help="random, alternate (each image flipped every other epoch) or none.", rich_help_panel=P_AUGMENTATION)] = None,
     ema: Annotated[Flag, typer.Option("--ema/--no-ema", help="Lookahead: an average of the weights, copied back every 5 steps.", rich_help_panel=P_SCHEDULE)] = None,
-    whiten: Annotated[Flag, typer.Option("--whiten/--no-whiten", help="Initialise the stem from the images' patch covariance (models with a whitening stem).", rich_help_panel=P_AUGMENTATION)] = None,
+    init_from_data: Annotated[Flag, typer.Option("--init-from-data/--no-init-from-data", "--whiten/--no-whiten", help="Set the model up from a sample of the training images before the first step (its init_from_data hook: airbench94's whitening stem; --whiten is the same).", rich_help_panel=P_AUGMENTATION)] = None,
     tta: Annotated[Optional[int], typer.Option("--tta", min=0, max=2, help="Test-time augmentation of the final evaluation: 0 off, 1 flip, 2 flip and shift.", rich_help_panel=P_EVALUATION)] = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=0, help=f"Evaluate every N epochs as well as at the end, on the test split (or --val-split's images); 0: only at the end. {RECIPE}", rich_help_panel=P_EVALUATION)] = None,
     val_split: Annotated[Optional[int], typer.Option("--val-split", min=0, help="Hold out N training images (stratified) to choose best.pt; the test set is scored once, at the end.", rich_help_panel=P_EVALUATION)] = None,
@@ -100,6 +99,9 @@ def train(
     offline: in_panel(Offline, P_RUN) = False,
     verify: in_panel(Verify, P_RUN) = False,
     json_output: in_panel(Json, P_RUN) = False,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Train N seeds (--seed, --seed+1, ...) or a list (0,3,7) as one group: each seed's run folder and summary.json in --out, their mean, std and 95% CI; --resume GROUP finishes it.", rich_help_panel=P_SEEDS)] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Seeds trained at once on this machine, in processes that divide its cores (default: where it measured faster, docs/performance.md).", rich_help_panel=P_SEEDS)] = None,
+    target: Annotated[Optional[float], typer.Option("--target", help="With --seeds: how many seeds reach this test accuracy (%), and the p-value of the one-sided t-test that their mean is above it.", rich_help_panel=P_SEEDS)] = None,
 ) -> None:
     """Train MODEL with its own recipe: the course's (Adam + cross-entropy) for vgg16 and resnet50.
 
@@ -125,126 +127,153 @@ def train(
       cifarctl train resnet50 --resume                         (continue the newest run)
 
       cifarctl train models/shufflenetv2.py:ShuffleNetV2 --model-kwargs net_size=0.5 --time-budget 10m
+
+      cifarctl train airbench94_quarter --epochs 1 --seeds 5 --target 40   (5 seeds, their mean and spread)
     """
     # torch loads here, not at start-up, so `--help` and completion answer at once.
     import cifarctl.cli
-    from cifarctl import distributed as ddp
-    from cifarctl.cli.data import load_data
-    from cifarctl.device import describe_device, resolve_device
-    from cifarctl.models.spec import check_spec, display_name
-    from cifarctl.run.checkpoint import find_latest
-    from cifarctl.run.folder import latest_run_dir
-    from cifarctl.training import RunStart, TrainingInterrupted, request_run
-    from cifarctl.training import resume as resume_run
-    from cifarctl.training import train as run_training
-    from cifarctl.training.budget import format_duration, parse_duration
+    from cifarctl.training.budget import parse_duration
 
-    from cifarctl.training.choice import FAMILIES, is_family
-
-    if not is_family(model):
-        check_spec(model)  # an unknown name fails here, with close matches, before anything is read or built
-    clock = cifarctl.cli.PROCESS_STARTED or time.monotonic()  # a time budget counts from the process's start
-    if time_budget is not None and (epochs is not None or max_steps is not None):
-        raise UsageError("--time-budget chooses the run's length: drop --epochs and --max-steps")
     settings = dict(
-        epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, head_lr=head_lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
-        weight_decay=weight_decay, norm_weight_decay=norm_weight_decay, lr_units=lr_units, lr_schedule=lr_schedule,
-        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, translate=translate, flip=flip, ema=ema,
-        whiten=whiten, tta=tta, eval_every=eval_every, val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp,
-        tensorboard=tensorboard,
+        epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, head_lr=head_lr, optimizer=optimizer,
+        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, norm_weight_decay=norm_weight_decay,
+        lr_units=lr_units, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+        translate=translate, flip=flip, ema=ema, init_from_data=init_from_data, tta=tta, eval_every=eval_every,
+        val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp, tensorboard=tensorboard,
         channels_last=channels_last, keep_memory=keep_memory, compile=compile_model, sync_bn=sync_bn,
         max_steps=max_steps, save_every=save_every, log_every=log_every, device=device if device != "auto" else None,
         eval=False if no_eval else None, time_budget=parse_duration(time_budget) if time_budget is not None else None,
         model_options=parse_kwargs(model_kwargs), num_classes=num_classes)
-    if resume is not None and ckpt is not None:
-        raise UsageError("--resume continues a run with its own weights; --ckpt starts a new one: give one of them")
-    init_from = None if ckpt is None else find_latest(model) if ckpt == NEWEST else Path(ckpt).expanduser()
-    run_dir = None if resume is None else Path(resume).expanduser() if resume != NEWEST else \
-        latest_run_dir(model) if not is_family(model) else newest_of(FAMILIES[model])
-    if plot:
-        from cifarctl.plots import require_plotting
+    command = TrainCommand(model, recipe, settings, resume=resume, ckpt=ckpt, out=out, plot=plot,
+                           json_output=json_output, offline=offline, verify=verify,
+                           clock=cifarctl.cli.PROCESS_STARTED or time.monotonic())  # a budget counts from the start
+    if seeds is not None or jobs is not None or target is not None or command.resumes_group():
+        from cifarctl.cli.seeds import GroupCommand
 
-        require_plotting()
-    if tensorboard:
-        from cifarctl.run.log import require_tensorboard
-
-        require_tensorboard()
-    is_main = ddp.process_rank() == 0  # under torchrun every process runs this command; rank 0 alone prints
-    err = err_console() if is_main else Console(quiet=True)
-    if is_family(model) and run_dir is None and time_budget is not None:
-        err.print(f"choosing {model}'s width and recipe for {time_budget}: timing each member here ...")
-    request = request_run(model, recipe, settings, resume_dir=run_dir, init_ckpt=init_from, clock=clock)
-    cfg = request.cfg
-    chosen = resolve_device(cfg.device)  # a device that is not there fails here, in one line
-    if request.choice is not None:
-        err.print(request.choice.describe("on this " + ("CPU" if chosen.type == "cpu" else "machine")),
-                  highlight=False)
-    model = display_name(cfg.model) if is_family(model) else model
-
-    def dataset() -> Any:
-        return load_data(cfg.data, offline, quiet=json_output or not is_main, verify=verify)
-
-    def announce(start: RunStart) -> None:
-        if start.resumed:
-            err.print(f"resuming {display_name(cfg.model)} from {start.run_dir} on {describe_device(chosen)}")
-            return
-        processes = f" on {start.world_size} processes" if start.world_size > 1 else ""
-        err.print(f"training {model}{processes} on {describe_device(chosen)}; run folder: {start.run_dir}")
-        if init_from:
-            err.print(f"initialising {model} from {init_from}; the learning-rate schedule starts afresh")
-
-    stop, received = threading.Event(), []
-    progress = RichProgress(err, enabled=is_main)
-    try:
-        with stop_on_signals(stop, received):
-            if run_dir is not None:
-                result = resume_run(run_dir, dataset, settings, progress=progress, stop=stop, loaded=request.loaded,
-                                    model_spec=cfg.model,  # what MODEL named, checked again under the lock
-                                    notify=lambda text: err.print(f"[yellow]note:[/] {text}"), started=announce)
-            else:
-                result = run_training(cfg, dataset, out_dir=out, progress=progress, stop=stop, clock=clock,
-                                      notify=lambda text: err.print(text, highlight=False), started=announce)
-    except TrainingInterrupted as exc:
-        progress.finish()
-        name = signal.Signals(received[0]).name if received else "a stop request"
-        err.print(f"[yellow]{name}: saved step {exc.global_step} to {exc.run_dir / 'last.pt'}[/]")
-        err.print(f"resume with: cifarctl train {shlex.quote(cfg.model)} --resume {shlex.quote(str(exc.run_dir))}")
-        code = 128 + received[0] if received else 1
-        raise typer.Exit(code) from None
-    if not is_main:
-        return
-    if plot:
-        from cifarctl.plots import plot_learning_curves
-        from cifarctl.run.log import MetricsLog
-
-        curves = plot_learning_curves(MetricsLog(result.run_dir / "metrics.jsonl").read_safe(),
-                                      result.run_dir / "curves.png", title=f"{model} ({result.run_dir.name})")
-        err.print(f"learning curves drawn in {curves}")
-    if json_output:
-        print_json({**_result_dict(result), "choice": request.choice.to_dict() if request.choice else None})
+        GroupCommand(command, seeds, jobs, target).run()
     else:
-        _render(result, display_name(result.model))
-    if result.budget and resume is None:  # a resumed run's clock started with this process: no total to give
-        spent = time.monotonic() - clock
-        err.print(f"time budget {format_duration(result.budget['budget_s'])}: {result.budget['epochs']:.1f} epochs "
-                  f"of {display_name(result.model)} with {cfg.recipe}, TTA {result.tta}, finished in "
-                  f"{format_duration(spent)}", highlight=False)
+        command.run()
 
 
-def newest_of(models: tuple[str, ...]) -> Path:
-    """The newest run folder with a ``last.pt`` among ``models``' runs (a family's: its members')."""
-    from cifarctl.errors import CheckpointError
-    from cifarctl.run.folder import latest_run_dir
+class TrainCommand:
+    """One ``cifarctl train``: the library's request and run, with what it says drawn on the terminal.
+    Under torchrun every process runs it and rank 0 alone prints."""
 
-    found = []
-    for name in models:
+    def __init__(self, model: str, recipe: str | None, settings: dict[str, Any], resume: str | None,
+                 ckpt: str | None, out: Path | None, plot: bool, json_output: bool, offline: bool, verify: bool,
+                 clock: float) -> None:
+        from cifarctl import distributed as ddp
+
+        self.model, self.recipe, self.settings, self.clock = model, recipe, settings, clock
+        self.resume, self.ckpt, self.out, self.plot, self.json_output = resume, ckpt, out, plot, json_output
+        self.offline, self.verify = offline, verify
+        self.is_main = ddp.process_rank() == 0
+        self.err = err_console() if self.is_main else Console(quiet=True)
+
+    def resumes_group(self) -> bool:
+        """Whether ``--resume`` names a group of seeds (a folder with summary.json)."""
+        from cifarctl.run.group import is_group
+
+        return self.resume is not None and self.resume != NEWEST and is_group(Path(self.resume).expanduser())
+
+    def run(self) -> None:
+        if self.plot:
+            from cifarctl.plots import require_plotting
+
+            require_plotting()
+        if self.settings.get("tensorboard"):
+            from cifarctl.run.log import require_tensorboard
+
+            require_tensorboard()
+        request = self.request()
+        result = self.train(request)
+        if self.is_main:
+            self.report(result, request)
+
+    def request(self) -> Any:
+        """The library's ``request_run``: the config, the run to resume, a family's choice (said here)."""
+        from cifarctl.device import resolve_device
+        from cifarctl.models.registry import is_family
+        from cifarctl.training import request_run
+
+        if is_family(self.model) and self.resume is None and self.settings.get("time_budget") is not None:
+            self.err.print(f"choosing {self.model}'s width and recipe for the time: timing its members here ...")
+        request = request_run(self.model, self.recipe, self.settings, resume_dir=self.resume, init_ckpt=self.ckpt,
+                              clock=self.clock)
+        self.device = resolve_device(request.cfg.device)  # a device that is not there fails here, in one line
+        if request.choice is not None:
+            where = "on this " + ("CPU" if self.device.type == "cpu" else "machine")
+            self.err.print(request.choice.describe(where), highlight=False)
+        return request
+
+    def train(self, request: Any) -> TrainResult:
+        """Train or resume, saving and stopping on the first Ctrl-C or SIGTERM (exit 128 + the signal)."""
+        from cifarctl.cli.data import load_data
+        from cifarctl.training import TrainingInterrupted
+        from cifarctl.training import resume as resume_run
+        from cifarctl.training import train as run_training
+
+        cfg = request.cfg
+
+        def dataset() -> Any:
+            return load_data(cfg.data, self.offline, quiet=self.json_output or not self.is_main, verify=self.verify)
+
+        stop, received = threading.Event(), []
+        progress = RichProgress(self.err, enabled=self.is_main)
         try:
-            found.append(latest_run_dir(name))
-        except CheckpointError:
-            continue
-    if not found:
-        raise UsageError(f"no run of {', '.join(models)} to resume: start one, or give --resume RUN_DIR")
-    return max(found, key=lambda d: (d / "last.pt").stat().st_mtime)
+            with stop_on_signals(stop, received):
+                if request.resume_dir is not None:
+                    return resume_run(request.resume_dir, dataset, self.settings, progress=progress, stop=stop,
+                                      loaded=request.loaded, model_spec=cfg.model, started=self.announce(cfg),
+                                      notify=lambda text: self.err.print(f"[yellow]note:[/] {text}"))
+                return run_training(cfg, dataset, out_dir=self.out, progress=progress, stop=stop, clock=self.clock,
+                                    notify=lambda text: self.err.print(text, highlight=False),
+                                    started=self.announce(cfg))
+        except TrainingInterrupted as exc:
+            progress.finish()
+            name = signal.Signals(received[0]).name if received else "a stop request"
+            self.err.print(f"[yellow]{name}: saved step {exc.global_step} to {exc.run_dir / 'last.pt'}[/]")
+            self.err.print(f"resume with: cifarctl train {shlex.quote(cfg.model)} --resume {shlex.quote(str(exc.run_dir))}")
+            raise typer.Exit(128 + received[0] if received else 1) from None
+
+    def announce(self, cfg: Any) -> Any:
+        """The ``started`` callback: where the run goes, on which device."""
+        from cifarctl.device import describe_device
+        from cifarctl.models.spec import display_name
+
+        def started(start: Any) -> None:
+            name, where = display_name(cfg.model), describe_device(self.device)
+            if start.resumed:
+                self.err.print(f"resuming {name} from {start.run_dir} on {where}")
+                return
+            processes = f" on {start.world_size} processes" if start.world_size > 1 else ""
+            self.err.print(f"training {name}{processes} on {where}; run folder: {start.run_dir}")
+            if cfg.init_ckpt:
+                self.err.print(f"initialising {name} from {cfg.init_ckpt}; the learning-rate schedule starts afresh")
+
+        return started
+
+    def report(self, result: TrainResult, request: Any) -> None:
+        from cifarctl.models.spec import display_name
+        from cifarctl.training.budget import format_duration
+
+        name = display_name(result.model)
+        if self.plot:
+            from cifarctl.plots import plot_learning_curves
+            from cifarctl.run.log import MetricsLog
+
+            curves = plot_learning_curves(MetricsLog(result.run_dir / "metrics.jsonl").read_safe(),
+                                          result.run_dir / "curves.png", title=f"{name} ({result.run_dir.name})")
+            self.err.print(f"learning curves drawn in {curves}")
+        if self.json_output:
+            print_json({**_result_dict(result), "choice": request.choice.to_dict() if request.choice else None})
+        else:
+            _render(result, name)
+        if result.budget and request.resume_dir is None:  # a resumed run's clock started with this process
+            spent = time.monotonic() - self.clock
+            self.err.print(f"time budget {format_duration(result.budget['budget_s'])}: {result.budget['epochs']:.1f} "
+                           f"epochs of {name} with {request.cfg.recipe}, TTA {result.tta}, finished in "
+                           f"{format_duration(spent)}", highlight=False)
 
 
 def _result_dict(result: TrainResult) -> dict[str, Any]:

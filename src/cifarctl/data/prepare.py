@@ -11,7 +11,7 @@ from cifarctl import paths
 from cifarctl.data import sources
 from cifarctl.data.cifar10 import CIFAR10, CacheInfo, cache_info, load_cifar10, remove_leftovers, write_cache
 from cifarctl.data.download import download_file
-from cifarctl.errors import DatasetError
+from cifarctl.errors import DatasetError, UsageError
 from cifarctl.locks import exclusive
 from cifarctl.progress import NullProgress, Progress
 
@@ -110,3 +110,18 @@ def ensure_cifar10(offline: bool = False, progress: Progress | None = None, veri
                                "`cifarctl download --from PATH` with the archive or an image folder")
         download_cifar10(progress=progress or NullProgress())
     return load_cifar10(verify=verify)
+
+
+DATA_CHOICES = ("cifar10", "fake")
+
+
+def dataset_for(choice: str, offline: bool = False, progress: Progress | None = None, verify: bool = False) -> CIFAR10:
+    """The dataset ``--data`` names: ``cifar10``, the cached dataset (downloaded when missing unless
+    ``offline``); ``fake``, random images, no download. Usage: ``dataset_for("fake")``"""
+    if choice == "fake":
+        from cifarctl.data.cifar10 import fake_cifar10
+
+        return fake_cifar10()
+    if choice != "cifar10":
+        raise UsageError(f"unknown --data {choice!r}: use {' or '.join(DATA_CHOICES)}")
+    return ensure_cifar10(offline=offline, progress=progress, verify=verify)

@@ -13,8 +13,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from cifarctl.errors import UsageError
 from cifarctl.models.hooks import ParameterGroup
-from cifarctl.models.registry import Recipe, register_model
+from cifarctl.models.registry import Recipe, register_family, register_model
 
 WHITEN_KERNEL = 2
 WHITEN_WIDTH = 2 * 3 * WHITEN_KERNEL**2   # 12 eigen-directions of a 3x2x2 patch, each with both signs
@@ -22,13 +23,17 @@ WIDTHS = (64, 256, 256)
 BN_MOMENTUM = 0.6        # the paper's "momentum": running = 0.6 * running + 0.4 * batch
 OUTPUT_SCALE = 1 / 9     # fixed logit temperature (the paper's); the head has no bias and no trainable scale
 WHITEN_EPS = 5e-4        # added to the patch covariance's eigenvalues before the inverse square root
+WHITEN_BIAS_EPOCHS = 3   # epochs the whitened stem's bias trains before it is frozen (the paper's)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU}  # the conv groups' (the stem's is GELU)
 
 
 class Norm(nn.BatchNorm2d):
     """BatchNorm with a frozen unit weight and a trainable bias (the paper's choice)."""
 
-    def __init__(self, channels: int) -> None:
-        super().__init__(channels, eps=1e-12, momentum=1 - BN_MOMENTUM)
+    def __init__(self, channels: int, bn_momentum: float = BN_MOMENTUM) -> None:
+        super().__init__(channels, eps=1e-12, momentum=1 - bn_momentum)
         self.weight.requires_grad_(False)
 
 
@@ -45,16 +50,17 @@ class Conv(nn.Conv2d):
 
 
 class ConvGroup(nn.Module):
-    """conv -> 2x2 max-pool -> norm -> GELU -> conv -> norm -> GELU."""
+    """conv -> 2x2 max-pool -> norm -> GELU -> conv -> norm -> GELU (or another ``activation``)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, activation: str = "gelu",
+                 bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
         self.conv1 = Conv(in_channels, out_channels)
         self.pool = nn.MaxPool2d(2)
-        self.norm1 = Norm(out_channels)
+        self.norm1 = Norm(out_channels, bn_momentum)
         self.conv2 = Conv(out_channels, out_channels)
-        self.norm2 = Norm(out_channels)
-        self.activ = nn.GELU()
+        self.norm2 = Norm(out_channels, bn_momentum)
+        self.activ = ACTIVATIONS[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.activ(self.norm1(self.pool(self.conv1(x))))
@@ -79,18 +85,27 @@ class AirBench94(nn.Module):
 
     ``logit_scale`` divides the head's output (the paper's 1/9; the Muon record's 1/width) and is a
     buffer, so a checkpoint carries it; ``head_std`` re-scales the head's initial weights to that
-    standard deviation (the Muon record's 1), or keeps PyTorch's init (None).
+    standard deviation (the Muon record's 1), or keeps PyTorch's init (None). ``whiten_bias_epochs``:
+    the epochs the whitened stem's bias trains before it is frozen (the paper's 3). ``activation`` of
+    the conv groups (``gelu``, the paper's; ``silu``) and ``bn_momentum`` (the paper's 0.6: running =
+    0.6 * running + 0.4 * batch) are the settings a later record changed.
     """
 
     def __init__(self, num_classes: int = 10, logit_scale: float = OUTPUT_SCALE, head_std: float | None = None,
-                 widths: tuple[int, int, int] = WIDTHS) -> None:
+                 widths: tuple[int, int, int] = WIDTHS, whiten_bias_epochs: float = WHITEN_BIAS_EPOCHS,
+                 activation: str = "gelu", bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise UsageError(f"airbench94 has no activation {activation!r}: choose {' or '.join(ACTIVATIONS)}")
+        if whiten_bias_epochs < 0 or not 0 < bn_momentum < 1:
+            raise UsageError("airbench94 needs whiten_bias_epochs >= 0 and 0 < bn_momentum < 1")
+        self.whiten_bias_epochs = whiten_bias_epochs
         self.whiten = nn.Conv2d(3, WHITEN_WIDTH, WHITEN_KERNEL, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from data, never trained; its bias trains early on
         self.stem_act = nn.GELU()
-        self.block1 = ConvGroup(WHITEN_WIDTH, widths[0])
-        self.block2 = ConvGroup(widths[0], widths[1])
-        self.block3 = ConvGroup(widths[1], widths[2])
+        self.block1 = ConvGroup(WHITEN_WIDTH, widths[0], activation, bn_momentum)
+        self.block2 = ConvGroup(widths[0], widths[1], activation, bn_momentum)
+        self.block3 = ConvGroup(widths[1], widths[2], activation, bn_momentum)
         self.pool = nn.MaxPool2d(3)  # 3x3 map after three 2x pools of 31x31: a global max
         self.head = nn.Linear(widths[2], num_classes, bias=False)
         if head_std is not None:
@@ -133,19 +148,19 @@ class AirBench94(nn.Module):
 
     # -- what training asks of this model (cifarctl.models.hooks) -----------------------------
     def init_from_data(self, images: torch.Tensor, settings: Mapping[str, Any]) -> None:
-        """The recipe's ``whiten``: the stem whitens the training images' 2x2 patches."""
+        """The recipe's ``init_from_data``: the stem whitens the training images' 2x2 patches."""
         self.init_whitening(images)
 
     def on_epoch_start(self, epoch: int, settings: Mapping[str, Any]) -> None:
-        """The whitened stem's bias trains for the first ``whiten_bias_epochs`` epochs, then is frozen."""
-        if settings["whiten"] and self.whiten.bias is not None:
-            self.whiten.bias.requires_grad_(epoch < settings["whiten_bias_epochs"])
+        """A whitened stem's bias trains for the first ``whiten_bias_epochs`` epochs, then is frozen."""
+        if settings["init_from_data"] and self.whiten.bias is not None:
+            self.whiten.bias.requires_grad_(epoch < self.whiten_bias_epochs)
 
     def parameter_groups(self, settings: Mapping[str, Any]) -> list[ParameterGroup]:
         """The stem's bias apart, so that a schedule can take its lr to zero when it freezes (the Muon record's)."""
         if self.whiten.bias is None:
             return []
-        return [ParameterGroup("whiten_bias", (self.whiten.bias,), train_epochs=settings["whiten_bias_epochs"])]
+        return [ParameterGroup("whiten_bias", (self.whiten.bias,), train_epochs=self.whiten_bias_epochs)]
 
 
 def image_patches(images: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -180,7 +195,7 @@ AIRBENCH94_RECIPE = {
     "lr_schedule": "triangle",    # 0.2 -> 1 over the first 23% of steps, then down to 0.07
     "label_smoothing": 0.2,
     "ema": True,                  # lookahead every 5 steps, decay 0.95^5 * progress^3
-    "whiten": True, "whiten_bias_epochs": 3,
+    "init_from_data": True,       # the whitening stem, from the training images' patches
     "translate": 2, "pad_mode": "reflect", "flip": "alternate",
     "tta": 2,                     # flip and 1-pixel shifts at the final evaluation
     "eval_every": 0,              # no per-epoch test pass: it would cost a tenth of the run on a CPU
@@ -193,7 +208,7 @@ AIRBENCH94_RECIPE = {
 # The Muon record (airbench94_muon.py in the cifar10-airbench repository): the same network and
 # data pipeline, 94.01% in 8 epochs instead of 9.9 (n=200, official data, A100).
 AIRBENCH94_MUON_RECIPE = {
-    **{k: AIRBENCH94_RECIPE[k] for k in ("label_smoothing", "whiten", "whiten_bias_epochs", "translate",
+    **{k: AIRBENCH94_RECIPE[k] for k in ("label_smoothing", "init_from_data", "translate",
                                         "pad_mode", "flip", "tta", "eval_every", "mean", "std")},
     "epochs": 8,
     "batch_size": 2000,
@@ -225,9 +240,10 @@ AIRBENCH94_MUON_RECIPE = {
                      "measured here: 90.91% in a 15-minute budget (7.6 epochs) on a 2-core CPU with bf16, "
                      "JPEG copy (docs/accuracy.md)"),
 ])
-def airbench94(num_classes: int = 10, logit_scale: float = OUTPUT_SCALE, head_std: float | None = None) -> nn.Module:
-    """airbench94 (Jordan 2024): whitened 2x2 stem, blocks 64/256/256; 1,972,792 parameters at 10 classes."""
-    return AirBench94(num_classes=num_classes, logit_scale=logit_scale, head_std=head_std)
+def airbench94(num_classes: int = 10, **options: Any) -> nn.Module:
+    """airbench94 (Jordan 2024): whitened 2x2 stem, blocks 64/256/256; 1,972,792 parameters at 10 classes.
+    ``options``: ``AirBench94``'s (logit_scale, head_std, whiten_bias_epochs, activation, bn_momentum)."""
+    return AirBench94(num_classes=num_classes, **options)
 
 
 # -- the width family: airbench94's shape at a fraction of its channels ----------------------------
@@ -240,7 +256,6 @@ def airbench94(num_classes: int = 10, logit_scale: float = OUTPUT_SCALE, head_st
 # the quarter width reached 41.65% in 2 minutes where head_lr / 4 reached 81.44% (docs/accuracy.md).
 # The scale follows the width and head_lr follows it too. `cifarctl train airbench --time-budget 5m`
 # chooses among the family (cifarctl.training.choice).
-FAMILY = "airbench"
 FAMILY_WIDTHS = {"airbench94": 1, "airbench94_half": 2, "airbench94_quarter": 4}  # member: divisor of the widths
 
 
@@ -274,14 +289,16 @@ def _member_recipes(divisor: int) -> list[Recipe]:
 
 
 @register_model(recipes=_member_recipes(2))
-def airbench94_half(num_classes: int = 10, logit_scale: float = OUTPUT_SCALE,
-                    head_std: float | None = None) -> nn.Module:
+def airbench94_half(num_classes: int = 10, **options: Any) -> nn.Module:
     """airbench94 at half its widths (32/128/128): about a quarter of its compute per image."""
-    return AirBench94(num_classes=num_classes, logit_scale=logit_scale, head_std=head_std, widths=member_widths(2))
+    return AirBench94(num_classes=num_classes, widths=member_widths(2), **options)
 
 
 @register_model(recipes=_member_recipes(4))
-def airbench94_quarter(num_classes: int = 10, logit_scale: float = OUTPUT_SCALE,
-                       head_std: float | None = None) -> nn.Module:
+def airbench94_quarter(num_classes: int = 10, **options: Any) -> nn.Module:
     """airbench94 at a quarter of its widths (16/64/64): about a sixteenth of its compute per image."""
-    return AirBench94(num_classes=num_classes, logit_scale=logit_scale, head_std=head_std, widths=member_widths(4))
+    return AirBench94(num_classes=num_classes, widths=member_widths(4), **options)
+
+
+# The family a time budget chooses from (`cifarctl train airbench --time-budget 5m`), cheapest member first.
+register_family("airbench", ("airbench94_quarter", "airbench94_half", "airbench94"))

@@ -4,12 +4,13 @@ A model that needs something special from training carries it itself, as methods
 the trainer calls those a model has and names no model. Any ``nn.Module`` may define them, a user's
 included, and one that defines none is trained exactly as it would be without them.
 
-``settings`` is the run's resolved configuration (``TrainConfig`` values, read-only), so a model can
-read the recipe values that concern it (airbench94 reads ``whiten`` and ``whiten_bias_epochs``).
+``settings`` is the run's resolved configuration (``TrainConfig`` values, read-only). What is the
+model's own (how many epochs airbench94's stem bias trains) is a constructor argument, which its
+recipes set through ``model_options``: training names no model.
 
 - ``init_from_data(images, settings)``: once, before the first step of a run that starts from the
   model's own initialisation (not a resumed run, not one started from ``--ckpt`` weights), when the
-  recipe asks for it (``whiten``). ``images`` is a seeded random sample of ``SAMPLE_IMAGES``
+  recipe asks for it (``init_from_data``). ``images`` is a seeded random sample of ``SAMPLE_IMAGES``
   training images, normalised as training sees them but not augmented, float NCHW on the device.
   airbench94 sets its whitening stem from their patch covariance here.
 - ``on_epoch_start(epoch, settings)``: before the first step of every epoch (``epoch`` counts from
@@ -19,6 +20,8 @@ read the recipe values that concern it (airbench94 reads ``whiten`` and ``whiten
 - ``parameter_groups(settings)``: ``[ParameterGroup, ...]``, parameters an optimizer that splits
   them finely (Muon) should set apart from the ordinary split, each with the epochs it trains for,
   so that the schedule takes its learning rate to zero when it stops (the Muon record's stem bias).
+- ``upgrade_state_dict(state_dict)``: a checkpoint's weights as the model reads them now, before they
+  are checked against it (airbench94 fills in the logit scale that older checkpoints lack).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-HOOKS = ("init_from_data", "on_epoch_start", "parameter_groups")
+HOOKS = ("init_from_data", "on_epoch_start", "parameter_groups", "upgrade_state_dict")
 SAMPLE_IMAGES = 5000  # images handed to ``init_from_data`` (airbench's whitening uses 5000)
 
 

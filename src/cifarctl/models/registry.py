@@ -138,6 +138,32 @@ def register_model(factory: ModelFactory | None = None, *, recipes: tuple[Recipe
     return add(factory) if factory is not None else add
 
 
+_FAMILIES: dict[str, tuple[str, ...]] = {}
+
+
+def register_family(name: str, members: tuple[str, ...]) -> None:
+    """Declare ``name`` a family of registered models (cheapest first): ``cifarctl train NAME --time-budget T``
+    chooses the member and recipe predicted best for the time (``cifarctl.training.choice``)."""
+    missing = [m for m in members if m not in _REGISTRY]
+    if name in _FAMILIES or name in _REGISTRY or missing or not members:
+        raise ValueError(f"family {name!r}: registered twice, named like a model, or with unknown members {missing}")
+    _FAMILIES[name] = tuple(members)
+
+
+def is_family(name: str) -> bool:
+    return name in _FAMILIES
+
+
+def families() -> dict[str, tuple[str, ...]]:
+    """Every family and its members, cheapest first."""
+    return dict(_FAMILIES)
+
+
+def family_of(model: str) -> str | None:
+    """The family ``model`` belongs to (``airbench`` for ``airbench94_half``), or None."""
+    return next((family for family, members in _FAMILIES.items() if model in members), None)
+
+
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
     return sorted(_REGISTRY)

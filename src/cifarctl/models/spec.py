@@ -18,9 +18,9 @@ from typing import Any
 from torch import nn
 
 from cifarctl.errors import UsageError
-from cifarctl.models.registry import SPEC_DEFAULT, ModelCard, create_model, is_model, unknown_model_message
+from cifarctl.models.registry import SPEC_DEFAULT, ModelCard, create_model, is_family, is_model, unknown_model_message
 from cifarctl.models.registry import model_card as registered_card
-from cifarctl.models.user import accepts, file_sha256, resolve_callable
+from cifarctl.models.user import constructor_kwargs, file_sha256, resolve_callable, spec_kind
 
 SPEC_KINDS = ("registered", "file", "module", "torchvision", "instance")  # instance: a module built in Python
 
@@ -51,18 +51,10 @@ def is_spec(model: str) -> bool:
     return ":" in model and not is_model(model)
 
 
-def spec_kind(spec: str) -> str:
-    if is_model(spec):
-        return "registered"
-    if spec.startswith("torchvision:"):
-        return "torchvision"
-    where = spec.rpartition(":")[0]
-    return "file" if where.endswith(".py") or "/" in where or "\\" in where else "module"
-
-
 def check_spec(model: str) -> None:
-    """Fail in one line, without importing anything, when ``model`` is neither registered nor a spec."""
-    if not is_model(model) and ":" not in model:
+    """Fail in one line, without importing anything, when ``model`` is neither registered (a model or a family)
+    nor a spec."""
+    if not is_model(model) and not is_family(model) and ":" not in model:
         raise UsageError(unknown_model_message(model) + " (or give path/to/file.py:ClassName, package.module:name "
                          "or torchvision:NAME)")
 
@@ -136,9 +128,7 @@ def build_model(model: str, num_classes: int = 10, kwargs: dict[str, Any] | None
         return create_model(model, num_classes=num_classes, **kwargs), ModelSource(model, "registered", model)
     check_spec(model)
     target = resolve_callable(model)
-    if "num_classes" not in kwargs and (explicit_classes or accepts(target.obj, "num_classes")):
-        kwargs["num_classes"] = num_classes
-    net = target.build(kwargs)
+    net = target.build(constructor_kwargs(target.obj, kwargs, num_classes, explicit_classes, model))
     digest = file_sha256(target.file) if target.file else None
     return net, ModelSource(canonical_spec(model), spec_kind(model), target.qualname, target.file, digest)
 

@@ -84,6 +84,32 @@ def accepts(obj: Callable[..., object], name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def spec_kind(spec: str) -> str:
+    """What a model argument names: ``registered``, ``torchvision`` (torchvision:NAME), ``file`` (path/to/file.py:Name,
+    or any location with a path separator) or ``module`` (package.module:name)."""
+    if is_model(spec):
+        return "registered"
+    if spec.startswith("torchvision:"):
+        return "torchvision"
+    where = spec.rpartition(":")[0]
+    return "file" if where.endswith(".py") or "/" in where or "\\" in where else "module"
+
+
+def constructor_kwargs(obj: Callable[..., Any], kwargs: dict[str, Any] | None, num_classes: int | None,
+                       explicit: bool, spec: str) -> dict[str, Any]:
+    """The keyword arguments a spec's constructor is called with: ``kwargs``, and ``num_classes`` where the
+    constructor takes it, or where the user gave it (``explicit``: --num-classes), which a constructor that
+    takes none refuses in one line. Training, evaluation and ``inspect`` all build with these."""
+    kwargs = dict(kwargs or {})
+    if "num_classes" in kwargs or num_classes is None:
+        return kwargs
+    if accepts(obj, "num_classes"):
+        kwargs["num_classes"] = num_classes
+    elif explicit:
+        raise UsageError(f"{spec} takes no num_classes argument, so --num-classes cannot be passed")
+    return kwargs
+
+
 def _candidates(module: ModuleType) -> list[str]:
     return [name for name, obj in vars(module).items()
             if (inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__)
@@ -171,7 +197,7 @@ def resolve_callable(spec: str) -> Target:
         raise UsageError(unknown_model_message(spec) + " (or give path/to/file.py:ClassName)")
     where, _, attr = spec.rpartition(":")
     path: Path | None = None
-    if where.endswith(".py") or "/" in where or "\\" in where:
+    if spec_kind(spec) == "file":
         path = Path(where).expanduser()
         module = _load_file(path)
     else:
@@ -205,7 +231,6 @@ def resolve_model(spec: str, num_classes: int | None = None,
     if spec.startswith("torchvision:") and not kwargs:
         return spec, _torchvision(spec.partition(":")[2], num_classes)
     target = resolve_callable(spec)
-    if num_classes is not None and not accepts(target.obj, "num_classes"):
-        raise UsageError(f"{spec} takes no num_classes argument, so --num-classes cannot be passed")
+    extra = constructor_kwargs(target.obj, kwargs, num_classes, explicit=num_classes is not None, spec=spec)
     target.check(extra)  # a missing argument fails here, before anything is traced
     return spec, lambda: target.build(extra)

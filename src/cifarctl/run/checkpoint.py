@@ -206,9 +206,11 @@ def _guess_architecture(keys: set[str]) -> str | None:
 
 
 def upgrade_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state_dict`` as ``model`` reads it now: a model may fill in what older checkpoints lack."""
-    upgrade = getattr(model, "upgrade_state_dict", None)
-    return upgrade(state_dict) if callable(upgrade) else state_dict
+    """``state_dict`` as ``model`` reads it now: a model may fill in what older checkpoints lack (its
+    ``upgrade_state_dict`` hook, ``cifarctl.models.hooks``)."""
+    from cifarctl.models.hooks import call_hook, has_hook
+
+    return call_hook(model, "upgrade_state_dict", state_dict) if has_hook(model, "upgrade_state_dict") else state_dict
 
 
 def load_weights(model: nn.Module, model_name: str, checkpoint: dict[str, Any], source: Path | str,

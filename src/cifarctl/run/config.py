@@ -73,8 +73,9 @@ class TrainConfig:
     pad_mode: str = "zeros"          # what the crop pads with: zeros (torchvision's RandomCrop) or reflect
     flip: str = "random"             # random per image and epoch, alternate (airbench: every other epoch), none
     ema: bool = False                # airbench's lookahead: an EMA of the weights, copied back every 5 steps
-    whiten: bool = False             # set the model's stem from the training images' patch covariance
-    whiten_bias_epochs: int = 3      # epochs the whitening stem's bias trains before it is frozen
+    # Call the model's init_from_data hook with a sample of training images before a fresh run's first
+    # step (airbench94 sets its whitening stem from their patch covariance); a model without it refuses.
+    init_from_data: bool = False
     tta: int = 0                     # test-time augmentation of the final evaluation: 0, 1 flip, 2 flip+shift
     val_split: int = 0               # hold out N training images (stratified) for per-epoch eval and best.pt
     eval_every: int = 1              # epochs between evaluations; 0: only at the end (the end always is)
@@ -91,7 +92,7 @@ class TrainConfig:
     amp: bool = True                 # mixed-precision training: CUDA bf16 (else fp16); CPU bf16 where native
     eval_amp: bool = False           # mixed-precision evaluation; fp32 by default, as `cifarctl evaluate`
     tensorboard: bool = False        # also write metrics.jsonl's scalars to RUN/tensorboard/ (the tensorboard extra)
-    channels_last: bool | None = None  # None: where it measured faster (engine.device.default_channels_last)
+    channels_last: bool | None = None  # None: where it measured faster, for a model that takes it (device.uses_channels_last)
     keep_memory: bool | None = None  # glibc keeps freed memory during the run; None: where faster (CPU fp32)
     compile: bool = False            # torch.compile the model
     sync_bn: bool = False            # under DDP: BatchNorm statistics over the global batch (SyncBatchNorm)
@@ -117,7 +118,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("translate", "val_split", "eval_every", "whiten_bias_epochs", "min_ramp_steps"):
+        for name in ("translate", "val_split", "eval_every", "min_ramp_steps"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
         if self.tta not in (0, 1, 2):
@@ -155,7 +156,10 @@ class TrainConfig:
 
         chosen = model_card(model).get_recipe(recipe)
         values = dict(chosen.values)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        # The model's constructor arguments, like every other setting, change one at a time.
+        given["model_options"] = {**values.get("model_options", {}), **given.get("model_options", {})}
+        values.update(given)
         return cls(model=model, recipe=chosen.name, **values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,8 +167,23 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config as config.json and checkpoints store it; those of earlier versions too (``_upgraded``)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{k: v for k, v in _upgraded(values).items() if k in known})
+
+
+def _upgraded(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings stored before a model's own settings moved to its constructor: ``whiten`` is the generic
+    ``init_from_data`` now, and the epochs a whitened stem's bias trains are a model option (only models
+    with that hook took ``whiten``; a value other than their default of 3 goes to their constructor)."""
+    if "whiten" not in values:
+        return values
+    upgraded = {k: v for k, v in values.items() if k not in ("whiten", "whiten_bias_epochs")}
+    upgraded["init_from_data"] = bool(values["whiten"])
+    if values["whiten"] and values.get("whiten_bias_epochs", 3) != 3:
+        upgraded["model_options"] = {"whiten_bias_epochs": values["whiten_bias_epochs"],
+                                     **(values.get("model_options") or {})}
+    return upgraded
 
 
 def recipe_summary(values: dict[str, Any]) -> str:
@@ -190,7 +209,7 @@ def recipe_summary(values: dict[str, Any]) -> str:
         parts.append(f"wd {cfg.weight_decay:g}")
     if cfg.label_smoothing:
         parts.append(f"smoothing {cfg.label_smoothing:g}")
-    parts += [name for name, on in (("whitening", cfg.whiten), ("ema", cfg.ema)) if on]
+    parts += [name for name, on in (("init from data", cfg.init_from_data), ("ema", cfg.ema)) if on]
     if cfg.flip == "alternate":
         parts.append("alternating flip")
     if cfg.tta:

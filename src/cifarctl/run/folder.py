@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from cifarctl import paths
 from cifarctl.atomic import write_text
-from cifarctl.errors import FileSystemError, RunInUse, first_line
+from cifarctl.errors import CheckpointError, FileSystemError, RunInUse, first_line
 from cifarctl.locks import exclusive
 from cifarctl.run.checkpoint import find_latest, save_checkpoint
 from cifarctl.run.index import register_run
@@ -37,18 +37,31 @@ def new_run_dir(model_name: str) -> Path:
 
 
 def latest_run_dir(model_name: str) -> Path:
-    """The most recently written run folder of ``model_name`` that has a ``last.pt``."""
-    return find_latest(model_name).parent
+    """The most recently written run folder of ``model_name`` (of any member, for a family) that has a ``last.pt``."""
+    from cifarctl.models.registry import families
+
+    members = families().get(model_name)
+    if members is None:
+        return find_latest(model_name).parent
+    found = []
+    for name in members:
+        try:
+            found.append(find_latest(name))
+        except CheckpointError:
+            continue
+    if not found:
+        raise CheckpointError(f"no run of {', '.join(members)} to resume: start one, or give --resume RUN_DIR")
+    return max(found, key=lambda last: last.stat().st_mtime).parent
 
 
-def run_lock(run_dir: Path) -> Any:
+def run_lock(run_dir: Path, writer: bool | None = None) -> Any:
     """Hold ``run_dir``'s lock while training in it: a second writer is refused at once, naming the holder.
 
-    The kernel drops the lock when its process dies (even by SIGKILL). Under torchrun rank 0 alone
-    takes it (the other ranks write nothing). Reading a run (evaluate, predict, export, runs) never
-    takes it, so never waits.
+    The kernel drops the lock when its process dies (even by SIGKILL). ``writer``: whether this process
+    writes the folder; None: under torchrun rank 0 alone takes it (the other ranks write nothing).
+    Reading a run (evaluate, predict, export, runs) never takes it, so never waits.
     """
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not (writer if writer is not None else int(os.environ.get("RANK", "0")) == 0):
         return contextlib.nullcontext()
 
     def refuse(who: str) -> None:

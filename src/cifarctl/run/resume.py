@@ -36,8 +36,8 @@ def check_named(run_dir: Path, cfg: TrainConfig, named: str | None) -> None:
         also = (f": resuming it would import and run that code, so name it only if you trust it: `cifarctl "
                 f"train {cfg.model} --resume {run_dir}`" if is_spec(cfg.model) else
                 f": resume it with `cifarctl train {cfg.model} --resume {run_dir}`")
-        raise UsageError(f"{run_dir} is a {display_name(cfg.model)} run (its checkpoint says so), not "
-                         f"{display_name(named)}{also}")
+        raise UsageError(f"{run_dir} is a {display_name(cfg.model)} run, not {display_name(named)} (so its "
+                         f"checkpoint says){also}")
     if named is None and is_spec(cfg.model):
         raise UsageError(f"{run_dir} trained {display_name(cfg.model)}, code of your own that resuming imports and "
                          f"runs; cifarctl runs no code because a run folder names it: name it, if you trust it, with "

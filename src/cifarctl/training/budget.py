@@ -5,8 +5,9 @@ and when enough are timed it gets the step time back and asks for the plan (``pl
 then applies (the schedule's length, the final evaluation's TTA level).
 
 Stopping a run when the clock runs out (Lightning's ``max_time``) leaves a triangle or onecycle
-schedule mid-way, with the learning rate high and the weights noisy. Here the run first times a few
-throwaway steps and one evaluation batch, chooses the number of optimizer steps whose training,
+schedule mid-way, with the learning rate high and the weights noisy. Here the run first times its
+first steps (at the schedule's first learning rate; they count towards the run) and one evaluation
+batch, chooses the number of optimizer steps whose training,
 evaluations and final (test-time augmented) evaluation fit in what is left of the budget, and
 fixes the schedule to exactly that length: the run ends annealed, on time.
 """
@@ -28,8 +29,8 @@ from cifarctl.evaluation import tta_logits
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh])")
 
-# What the plan keeps back: process exit, the last checkpoint and metrics writes, and the drift of
-# the step time over the run (measured on this CPU: the first steps after warm-up are typical).
+# What a plan keeps back (``reserve_for``): process exit, the last checkpoint and metrics writes, and the
+# drift of the step time over the run (measured on this CPU: the first steps after warm-up are typical).
 RESERVE_S = 1.5
 RESERVE_FRACTION = 0.02
 CALIBRATION_STEPS = 3        # timed steps, after one untimed warm-up step
@@ -91,10 +92,38 @@ class BudgetPlan:
     tta: int = 0                 # the test-time augmentation of the final evaluation
     note: str = ""               # what the budget changed besides the length (the TTA level)
     measured_steps: int = 0      # steps taken (at the schedule's first lr) while measuring, part of ``steps``
+    eval_every: int = 0          # epochs between the per-epoch evaluations (0: none)
+    # Steps up to ``phase_steps`` cost ``step_s``, later ones ``later_step_s`` (None: the same), where a
+    # model's declared parameters stop training after its first epochs and the backward pass gets shorter.
+    phase_steps: int = 0
+    later_step_s: float | None = None
 
     @property
     def epochs(self) -> float:
         return self.steps / self.steps_per_epoch
+
+    def cost(self, start: int, stop: int) -> float:
+        """The planned seconds of steps ``start`` to ``stop`` (step counts), their per-epoch evaluations included."""
+        if stop <= start:
+            return 0.0
+        early = max(min(stop, self.phase_steps) - start, 0)
+        later_s = self.step_s if self.later_step_s is None else self.later_step_s
+        evals = (evaluations_before_end(stop, self.steps_per_epoch, self.eval_every)
+                 - evaluations_before_end(start, self.steps_per_epoch, self.eval_every))
+        return early * self.step_s + (stop - start - early) * later_s + evals * self.eval_s
+
+    def most_steps(self, start: int, seconds: float, slowdown: float = 1.0) -> int:
+        """The largest step count ``n`` whose steps from ``start`` cost at most ``seconds`` at ``slowdown`` times the
+        planned pace (``start`` when not one more fits)."""
+        fastest = min(self.step_s, self.later_step_s or self.step_s) * slowdown
+        low, high = start, start + max(int(seconds // max(fastest, 1e-12)), 0)
+        while low < high:  # cost grows with the steps: bisect
+            middle = (low + high + 1) // 2
+            if self.cost(start, middle) * slowdown <= seconds:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "epochs": round(self.epochs, 4)}
@@ -108,6 +137,17 @@ class BudgetPlan:
                 f"evaluation (TTA {self.tta}); start-up and {self.measured_steps} measured steps took {self.spent_s:.0f} s{note}")
 
 
+def reserve_for(budget_s: float) -> float:
+    """The seconds of ``budget_s`` a plan keeps back, the chooser's and the run's alike."""
+    return RESERVE_S + RESERVE_FRACTION * budget_s
+
+
+def tta_preference(accuracy: float, tta: int) -> tuple[float, int]:
+    """How plans at several TTA levels rank: the highest predicted accuracy, and at equal predictions (to
+    1e-6 of a point) the lower level, which costs less. Usage: ``max(options, key=lambda p: tta_preference(...))``"""
+    return round(accuracy, 6), -tta
+
+
 def evaluations_before_end(steps: int, steps_per_epoch: int, eval_every: int) -> int:
     """Per-epoch evaluations a run of ``steps`` makes before its final one (at epoch ends that are not the last)."""
     if eval_every <= 0 or steps <= steps_per_epoch:
@@ -118,9 +158,10 @@ def evaluations_before_end(steps: int, steps_per_epoch: int, eval_every: int) ->
 
 def plan_steps(budget_s: float, spent_s: float, step_s: float, steps_per_epoch: int, eval_s: float = 0.0,
                final_eval_s: float = 0.0, eval_every: int = 0, reserve_s: float | None = None,
-               done_steps: int = 0) -> BudgetPlan:
+               done_steps: int = 0, phases: tuple[int, float] | None = None) -> BudgetPlan:
     """The run's length in optimizer steps: the ``done_steps`` already taken (in ``spent_s``) and the most
-    steps whose training and evaluations fit in what is left of ``budget_s``.
+    steps whose training and evaluations fit in what is left of ``budget_s``. ``phases``: ``(steps, ratio)``,
+    steps after the first ``steps`` cost ``ratio`` times ``step_s``.
 
     Usage: ``plan_steps(300, spent_s=6, step_s=1.2, steps_per_epoch=49, final_eval_s=30).steps``
     """
@@ -128,31 +169,25 @@ def plan_steps(budget_s: float, spent_s: float, step_s: float, steps_per_epoch: 
 
     if step_s <= 0 or steps_per_epoch < 1:
         raise ValueError("plan_steps needs a positive step time and steps per epoch")
-    reserve = RESERVE_S + RESERVE_FRACTION * budget_s if reserve_s is None else reserve_s
+    reserve = reserve_for(budget_s) if reserve_s is None else reserve_s
     available = budget_s - spent_s - reserve - final_eval_s
-
-    done_evals = evaluations_before_end(done_steps, steps_per_epoch, eval_every) if done_steps else 0
-
-    def cost(n: int) -> float:
-        evals = evaluations_before_end(done_steps + n, steps_per_epoch, eval_every) - done_evals
-        return n * step_s + evals * eval_s
-
+    phase_steps, ratio = phases or (0, 1.0)
+    plan = BudgetPlan(budget_s, spent_s, step_s, eval_s, final_eval_s, reserve, done_steps, steps_per_epoch, 0,
+                      measured_steps=done_steps, eval_every=eval_every, phase_steps=phase_steps,
+                      later_step_s=step_s * ratio if phases else None)
     if available < 0:
         raise UsageError(f"a time budget of {format_duration(budget_s)} is too short here: start-up and the first "
                          f"{done_steps} steps took {spent_s:.0f} s and the final evaluation takes about {final_eval_s:.0f} s; "
                          "give at least "
                          f"{format_duration(math.ceil((spent_s + reserve + final_eval_s + 10 * step_s) * 1.2))}")
-    more = max(int(available // step_s), 0)
-    while more > 0 and cost(more) > available:  # each evaluation taken costs steps
-        more -= 1
-    steps = done_steps + more
-    if steps < 1:
+    plan.steps = plan.most_steps(done_steps, available)
+    if plan.steps < 1:
         need = spent_s + reserve + final_eval_s + step_s
         raise UsageError(f"a time budget of {format_duration(budget_s)} leaves no time to train here: start-up "
                          f"took {spent_s:.0f} s, a step takes {step_s:.2g} s and the final evaluation about "
                          f"{final_eval_s:.0f} s; give at least {format_duration(math.ceil(need * 1.5))}")
-    return BudgetPlan(budget_s, spent_s, step_s, eval_s, final_eval_s, reserve, steps, steps_per_epoch,
-                      evaluations_before_end(steps, steps_per_epoch, eval_every))
+    plan.evaluations = evaluations_before_end(plan.steps, steps_per_epoch, eval_every)
+    return plan
 
 
 class Stopwatch:
@@ -207,7 +242,7 @@ def choose_tta_by_frontier(plan_at: Callable[[int], BudgetPlan], level: int,
     if not options:
         assert failure is not None
         raise failure
-    best_acc, best = max(options, key=lambda o: (round(o[0], 6), -o[1].tta))
+    best_acc, best = max(options, key=lambda o: tta_preference(o[0], o[1].tta))
     if best.tta != level:
         at_level = next(((acc, plan) for acc, plan in options if plan.tta == level), None)
         than = (f", against {at_level[0]:.1f}% with TTA {level} ({at_level[1].epochs:.2f} epochs)"
@@ -274,14 +309,18 @@ class TimeBudget:
     measures a fixed number of steps, so all of them plan at the same step.
     ``accuracy``, the shipped frontier's prediction for the run's model and recipe, chooses the final
     TTA level by what it buys (``choose_tta_by_frontier``).
+    ``phases``: ``(epochs, ratio)``, steps after the first ``epochs`` cost ``ratio`` times the measured ones
+    (the frontier's, where a model's declared parameters stop training early on).
     Usage: ``budget = TimeBudget(300, time.monotonic(), device)``, then after each step
     ``step_s = budget.step_taken()``; when it is not None, ``budget.plan(step_s, ...)``.
     """
 
     def __init__(self, seconds: float, clock: float, device: Any, distributed: bool = False,
-                 accuracy: Callable[[float, int], float] | None = None) -> None:
+                 accuracy: Callable[[float, int], float] | None = None,
+                 phases: tuple[float, float] | None = None) -> None:
         self.seconds, self.clock, self.device, self.distributed = seconds, clock, device, distributed
         self.accuracy = accuracy  # (epochs, TTA level) -> predicted test accuracy: the run's frontier, if shipped
+        self.phases = phases      # (epochs, cost ratio): steps after the first epochs cost that ratio of the measured
         self.watch = Stopwatch(device)
         self.measured_steps, self.first_step_s = 0, 0.0
         self.planned: BudgetPlan | None = None     # the plan in force (refitted, perhaps)
@@ -323,6 +362,9 @@ class TimeBudget:
         without one, the recipe's level unless it takes more than ``TTA_BUDGET_SHARE`` of the budget.
         """
         spent = time.monotonic() - self.clock
+        phases = None
+        if self.phases is not None:  # measured in the first phase: later steps at the frontier's ratio to them
+            phases = (math.ceil(self.phases[0] * shape.steps_per_epoch), self.phases[1])
 
         def plan_at(tta: int) -> BudgetPlan:
             per_epoch = shape.val_batches if shape.val_batches is not None else shape.test_batches
@@ -331,8 +373,8 @@ class TimeBudget:
             if shape.val_batches is not None:  # the val pass at the end, and last.pt and best.pt on the test set
                 final_eval_s = eval_s + 2 * final_eval_s
             plan = plan_steps(self.seconds, spent, step_s, shape.steps_per_epoch, eval_s, final_eval_s,
-                              shape.eval_every if shape.evaluate else 0, done_steps=done_steps)
-            plan.tta, plan.measured_steps = tta, done_steps
+                              shape.eval_every if shape.evaluate else 0, done_steps=done_steps, phases=phases)
+            plan.tta = tta
             return plan
 
         if self.accuracy is not None and shape.tta > 0:
@@ -351,38 +393,34 @@ class TimeBudget:
         A shared machine can slow down after the first steps were timed (seen here: a fifth to a third
         slower from the third epoch of a small model, by other work on the host), and a budget is a promise
         about the end: the plan shortens. It also lengthens when the run is ahead by more than
-        ``EXTEND_SHARE`` of its steps: steps can get cheaper after the first were timed (airbench's stem
-        stops training after 3 epochs, and with it the backward pass through the stem: a quarter-width
-        member then ran 1.3x faster), and a budget's minutes are there to be trained. The pace it extends
-        by is the slower of the whole run's since the plan and the last epoch's, so the end stays on time.
+        ``EXTEND_SHARE`` of its steps (steps got cheaper than planned after the first were timed), since a
+        budget's minutes are there to be trained. The pace is the plan's own, phases included (``phases``:
+        a model whose first layer stops training after a few epochs runs its later steps faster), and the
+        one it goes on with is the slower of the whole run's since the plan and the last epoch's.
         """
-        plan = self.planned
+        plan, first = self.planned, self.first_plan  # in force; and as measured, not as refitted
         since, at_step = self.planned_at
-        done = global_step - at_step
-        if plan is None or done < 1 or global_step >= plan.steps:
+        if plan is None or first is None or global_step <= at_step or global_step >= plan.steps:
             return None
         now = time.monotonic()
-        # Seconds per step, evaluations and saves included: since the plan, or over the last epoch if slower.
-        pace = (now - since) / done
+        # The pace against the plan's (evaluations and saves included): since the plan, or over the last
+        # epoch if slower there.
+        slowdown = (now - since) / max(first.cost(at_step, global_step), 1e-9)
         last_time, last_step = self.last_check or (since, at_step)
         if global_step > last_step:
-            pace = max(pace, (now - last_time) / (global_step - last_step))
+            slowdown = max(slowdown, (now - last_time) / max(first.cost(last_step, global_step), 1e-9))
         self.last_check = (now, global_step)
-        first = self.first_plan or plan  # the pace and final evaluation as measured, not as refitted
-        planned_pace = ((first.steps - at_step) * first.step_s + first.evaluations * first.eval_s) / \
-            max(first.steps - at_step, 1)
-        slowdown = max(pace / planned_pace, 1.0)
-        final_s = first.final_eval_s * slowdown
+        final_s = first.final_eval_s * max(slowdown, 1.0)
         left = self.seconds - (now - self.clock) - plan.reserve_s - final_s
-        fits = global_step + max(int(left // pace), 1)
-        behind = (plan.steps - global_step) * pace > left
+        fits = max(first.most_steps(global_step, left, slowdown), global_step + 1)
+        behind = first.cost(global_step, plan.steps) * slowdown > left
         ahead = fits - plan.steps > max(EXTEND_SHARE * plan.steps, 1)
         if not (behind or ahead):
             return None
-        change = (f"this machine ran {slowdown:.2f}x slower than measured" if behind else
-                  f"steps took {pace / planned_pace:.2f}x the measured time")
+        over = "late" if behind else "early"
         refitted = BudgetPlan(**{**asdict(plan), "steps": fits, "final_eval_s": final_s,
-                                 "note": f"refitted at step {global_step}: {change}"})
-        refitted.evaluations = evaluations_before_end(fits, plan.steps_per_epoch, 1 if plan.evaluations else 0)
+                                 "note": f"refitted at step {global_step}: steps took {slowdown:.2f}x the planned "
+                                         f"time, so the plan would have ended {over}"})
+        refitted.evaluations = evaluations_before_end(fits, plan.steps_per_epoch, plan.eval_every)
         self.planned = refitted
         return refitted

@@ -1,8 +1,10 @@
-"""What a run trains with, built from its config: the model on its device, and the batch loaders."""
+"""What a run trains with, built from its config: the device's policy, the model on its device, the batch
+loaders, the optimizer and its schedule, and the time budget (``build_run``: every part of a run but the loop)."""
 
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,17 +12,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from cifarctl.allocator import keeps_memory
 from cifarctl.data.cifar10 import CIFAR10
 from cifarctl.data.loader import DeviceLoader, epoch_seed, normalize
 from cifarctl.distributed import DistInfo, per_rank_batch
+from cifarctl.device import autocast_dtype, needs_grad_scaler, takes_channels_last, uses_channels_last
 from cifarctl.errors import CifarctlError, UsageError
-from cifarctl.evaluation import takes_channels_last
 from cifarctl.models.hooks import SAMPLE_IMAGES, call_hook, has_hook, read_only
-from cifarctl.models.spec import ModelSource, file_sha256
+from cifarctl.models.spec import ModelSource, display_name, file_sha256
 from cifarctl.models.spec import build_model as build_named
 from cifarctl.run.checkpoint import load_checkpoint, load_weights
 from cifarctl.run.config import TrainConfig
 from cifarctl.trace.api import inspect_model
+from cifarctl.training.budget import TimeBudget
+from cifarctl.training.frontier import frontier_candidate
+from cifarctl.training.lookahead import Lookahead
+from cifarctl.training.schedule import build_optimizer, build_scheduler, schedule_steps
+from cifarctl.training.step import StepRunner
 
 
 def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,18 +58,21 @@ def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.
 @dataclass
 class BuiltModel:
     """The model on its device, what the training step calls (its DDP and compiled wrapper), where its code
-    came from, and what a look at it found worth saying (``notes``: inspect's warnings, for a user's model)."""
+    came from, its memory format, and what a look at it found worth saying (``notes``: inspect's warnings,
+    for a user's model)."""
 
     model: nn.Module
     forward: nn.Module
     source: ModelSource
     notes: list[str]
+    channels_last: bool = False
 
 
-def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, dist: DistInfo, channels_last: bool,
-                from_checkpoint: bool, instance: nn.Module | None = None) -> BuiltModel:
+def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, dist: DistInfo,
+                cast: torch.dtype | None, from_checkpoint: bool, instance: nn.Module | None = None) -> BuiltModel:
     """The run's model: ``cfg.model`` built (a registered name or a spec, with ``cfg.model_options``), or the
-    caller's ``instance``. ``from_checkpoint``: load ``cfg.init_ckpt``'s weights (a new run from --ckpt)."""
+    caller's ``instance``, in the memory format this device trains it fastest in (``uses_channels_last``).
+    ``from_checkpoint``: load ``cfg.init_ckpt``'s weights (a new run from --ckpt)."""
     torch.manual_seed(cfg.seed)
     notes: list[str] = []
     if instance is not None:
@@ -69,11 +80,13 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, dist: 
     else:
         model, source = build_named(cfg.model, cfg.num_classes or num_classes, cfg.model_options,
                                     explicit_classes=cfg.num_classes is not None)
+    channels_last = uses_channels_last(model, device, cast, registered=source.kind == "registered",
+                                       asked=cfg.channels_last)
     if source.kind != "registered":  # a user's model: does it fit CIFAR's images and classes? (inspect's trace)
-        notes = check_fits(model, source.spec, num_classes, channels_last)
-    if cfg.whiten and not has_hook(model, "init_from_data"):
-        raise UsageError(f"--whiten applies to models that set themselves from the training images (airbench94's "
-                         f"whitening stem); {cfg.model} has none: drop --whiten")
+        notes = check_fits(model, source.spec, num_classes, channels_last and cfg.channels_last is not None)
+    if cfg.init_from_data and not has_hook(model, "init_from_data"):
+        raise UsageError(f"--init-from-data applies to models that set themselves from the training images (with an "
+                         f"init_from_data hook); {display_name(cfg.model)} has none: drop --init-from-data")
     if cfg.init_ckpt and from_checkpoint:
         load_weights(model, cfg.model, load_checkpoint(cfg.init_ckpt), cfg.init_ckpt, model_source=source)
     if dist.rank:  # every rank starts from the same weights but draws its own dropout masks
@@ -85,12 +98,12 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, dist: 
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     wrapped: nn.Module = model
     if dist.enabled:
-        # A model with an epoch hook may stop training some parameters (airbench94's stem bias):
+        # A model with an epoch hook may stop training some parameters (a stem's bias after a few epochs):
         # DDP must then expect parameters without gradients.
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=has_hook(model, "on_epoch_start"))
-    return BuiltModel(model, torch.compile(wrapped) if cfg.compile else wrapped, source, notes)
+    return BuiltModel(model, torch.compile(wrapped) if cfg.compile else wrapped, source, notes, channels_last)
 
 
 def instance_source(label: str, model: nn.Module) -> ModelSource:
@@ -106,11 +119,12 @@ def instance_source(label: str, model: nn.Module) -> ModelSource:
 
 def check_fits(model: nn.Module, spec: str, num_classes: int, channels_last: bool = False) -> list[str]:
     """Trace ``model`` on two CIFAR images, as ``inspect`` does: a model that does not fit them, or does not
-    give ``num_classes`` logits, fails in one line that says where; its warnings come back as notes."""
+    give ``num_classes`` logits, fails in one line that says where; its warnings come back as notes.
+    ``channels_last``: the user asked for that layout (--channels-last), which the model must then take."""
     with torch.random.fork_rng(devices=[]):
         traced = inspect_model(model, [2, 3, 32, 32], name=spec)
         if channels_last and traced.error is None:
-            if not takes_channels_last(model, torch.device("cpu")):
+            if not takes_channels_last(model):
                 raise UsageError(f"{spec} cannot take channels_last images: drop --channels-last, or use .reshape() "
                                  "or .flatten(1) where the model uses .view()")
     if traced.error is not None:
@@ -162,3 +176,60 @@ def init_from_data(model: nn.Module, cfg: TrainConfig, images: torch.Tensor, dev
     pick = torch.randperm(len(images), generator=gen)[:SAMPLE_IMAGES]
     sample = images[pick].permute(0, 3, 1, 2).to(device)
     call_hook(model, "init_from_data", normalize(sample, mean=cfg.mean, std=cfg.std), read_only(cfg.to_dict()))
+
+
+@dataclass
+class RunParts:
+    """Everything a run trains with but the loop: the device's policy (precision, memory, layout), the model,
+    the loaders, the optimizer and its schedule, the step, and the time budget (None: a run of fixed length)."""
+
+    device: torch.device
+    cast: torch.dtype | None          # the autocast dtype (None: fp32)
+    keep_memory: bool                 # glibc keeps the memory a step frees (``cifarctl.allocator``)
+    built: BuiltModel
+    loaders: Loaders
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: StepRunner
+    lookahead: Lookahead | None
+    budget: TimeBudget | None
+    peak_lrs: list[float]             # each group's peak lr: a budget's schedule is rebuilt from them
+    notes: list[str]                  # what the user should hear about the run (a user's model's warnings ...)
+
+
+def build_run(cfg: TrainConfig, data: CIFAR10, device: torch.device, dist: DistInfo, fresh: bool = True,
+              instance: nn.Module | None = None, clock: float | None = None) -> RunParts:
+    """Build every part of the run ``cfg`` describes, in the order that keeps its random numbers (the model,
+    seeded, first). ``fresh``: a new run, which loads ``--ckpt`` weights and calls the model's
+    ``init_from_data`` hook (a resumed run's checkpoint has both already). ``cfg.schedule_steps`` is fixed
+    here (a resumed run keeps its schedule whatever --epochs says); ``clock``: where a time budget counts from.
+    """
+    if device.type == "mps" and cfg.compile:
+        raise UsageError("--compile is not used on Apple GPUs (torch.compile's MPS backend is experimental): "
+                         "drop --compile")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    cast = autocast_dtype(device, cfg.amp)
+    built = build_model(cfg, len(data.classes), device, dist, cast, from_checkpoint=fresh, instance=instance)
+    notes = [f"warning: {note}" for note in built.notes]
+    loaders = build_loaders(cfg, data, device, dist, built.channels_last)
+    if fresh and cfg.init_from_data and not cfg.init_ckpt:
+        init_from_data(built.model, cfg, loaders.train_images, device)
+    optimizer = build_optimizer(cfg, built.model)
+    if cfg.head_lr is not None and not any(g.get("name") == "head" for g in optimizer.param_groups):
+        notes.append(f"{display_name(cfg.model)} has no linear layer to take the classifier's lr (head lr "
+                     f"{cfg.head_lr:g}): all of it trains at lr {cfg.lr:g}")
+    peak_lrs = [group["lr"] for group in optimizer.param_groups]
+    budget = None  # a time budget not yet fitted: the run measures its first steps (on the recipe's length meanwhile)
+    if cfg.time_budget is not None and cfg.schedule_steps is None and fresh:
+        known = frontier_candidate(cfg.model, cfg.recipe)
+        budget = TimeBudget(cfg.time_budget, time.monotonic() if clock is None else clock, device,
+                            distributed=dist.enabled, accuracy=known.accuracy if known else None,
+                            phases=known.phases if known else None)
+    if cfg.schedule_steps is None:
+        cfg.schedule_steps = schedule_steps(cfg, len(loaders.train))
+    scheduler = build_scheduler(cfg, optimizer, len(loaders.train))
+    step = StepRunner(built.forward, optimizer, torch.amp.GradScaler(device.type) if needs_grad_scaler(cast) else None,
+                      device.type, cast, cfg.label_smoothing, cfg.micro_batch)
+    return RunParts(device, cast, keeps_memory(device, cast, cfg.keep_memory), built, loaders, optimizer, scheduler,
+                    step, Lookahead(built.model) if cfg.ema else None, budget, peak_lrs, notes)

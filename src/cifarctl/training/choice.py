@@ -5,143 +5,91 @@ member and a recipe each. Which one a budget should train depends on the machine
 narrower members are no faster, on a CPU time is FLOPs and they see several times the epochs. So the
 choice has two halves:
 
-- **what each candidate reaches in a given number of epochs** (with its schedule fitted to that
-  length, at each test-time augmentation level): the *frontier*, measured once on the JPEG copy and
-  shipped with the package (``frontier.json``; docs/accuracy.md has the runs and how they were made);
-- **how many epochs this machine gives each candidate** in the time left: a *probe* times one
-  forward and backward pass of each member here (a few seconds in all), and its ratio to the same
-  probe on the machine the frontier was measured on scales that machine's training and evaluation
-  times to this one.
+- **what each candidate reaches in a given number of epochs**: the shipped *frontier*
+  (``cifarctl.training.frontier``), the same on any machine;
+- **how many epochs this machine gives each candidate** in the time left: a *probe* takes real
+  training steps of the candidate here, as its run will take them (its recipe's batch and chunks,
+  optimizer, augmentation, precision, memory format and memory setting, on random images), and times
+  its evaluation at each test-time augmentation level. A run's step time is no fixed multiple of a
+  smaller probe's across machines (a 128-image pass predicted half the epochs that the quarter width
+  then trained in fp32 on a Zen 3), so the probe takes whole steps.
 
-The candidate, and the final evaluation's TTA level, with the highest predicted accuracy wins; the
-run that follows is an ordinary budgeted run of it, which measures its own steps and fits its
-schedule to them (``cifarctl.training.budget``).
+Whole steps of the wide member cost seconds on a CPU, so the probe goes from the cheapest member up,
+and a member is timed only where, at ``OPTIMISM`` times the cost the frontier's ratios give it, it
+could still beat the best candidate timed. The candidate, and the final evaluation's TTA level, with
+the highest predicted accuracy wins; the run that follows is an ordinary budgeted run of it, which
+measures its own steps and fits its schedule to them (``cifarctl.training.budget``).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from importlib import resources
 from typing import Any, Callable, Iterable
 
 import torch
 
 from cifarctl.allocator import keeps_memory, kept_memory
-from cifarctl.device import autocast_dtype, default_channels_last, sync_device
+from cifarctl.device import autocast_dtype, sync_device
 from cifarctl.errors import UsageError
-from cifarctl.models.airbench import FAMILY, FAMILY_WIDTHS
-from cifarctl.models.registry import create_model
+from cifarctl.models.registry import families
+from cifarctl.run.config import TrainConfig
+from cifarctl.training.budget import format_duration, reserve_for, time_eval_levels, tta_preference
+from cifarctl.training.frontier import Candidate, Frontier, shipped_frontier
 
-FAMILIES: dict[str, tuple[str, ...]] = {FAMILY: tuple(FAMILY_WIDTHS)}
-CHANCE = 10.0          # accuracy (%) of an untrained 10-class net: where the frontier starts at 0 epochs
-PROBE_BATCH = 128      # images per timed forward and backward pass of a member
-PROBE_PASSES = 2       # timed passes, after one untimed pass that builds the kernels
-RESERVE_FRACTION = 0.03  # of the budget, kept back for what the prediction leaves out (process exit, drift)
-
-
-def is_family(name: str) -> bool:
-    return name in FAMILIES
-
-
-def family_of(model: str) -> str | None:
-    """The family ``model`` belongs to (``airbench`` for ``airbench94_half``), or None."""
-    return next((family for family, members in FAMILIES.items() if model in members), None)
+# An untimed member is timed only if it could win at this share of the cost the frontier's ratios give
+# it (members' relative costs moved 1.3x between a Zen 4 in bf16 and a Zen 3 in fp32).
+OPTIMISM = 0.6
+TEST_IMAGES = 10_000
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """One member trained with one recipe, and what it reached at each length measured."""
+class Probe:
+    """A candidate's real training step, timed here, and its evaluation at each TTA level."""
 
-    model: str
-    recipe: str
-    train_s_per_image: float            # seconds per training image on the frontier's machine, whole steps
-                                        # (after the early epochs below, where it has them)
-    points: tuple[tuple[float, dict[int, float]], ...]  # (epochs, {TTA level: test accuracy %}), by epochs
-    # The first ``early_epochs`` cost ``early_s_per_image`` there instead (None: the same): while airbench's
-    # whitened stem trains its bias, the backward pass runs through the first conv at full resolution.
-    early_epochs: float = 0.0
-    early_s_per_image: float | None = None
+    step_s: float                    # one optimizer step, after one untimed step
+    batch: int
+    eval_s: dict[int, float]         # the whole test set's evaluation at each TTA level
+    seconds: float = 0.0             # what probing it took
 
-    def epochs_in(self, seconds: float, slower: float, train_images: int = 50_000) -> float:
-        """The epochs ``seconds`` of training hold on a machine ``slower`` times the frontier's."""
-        epoch_s = self.train_s_per_image * slower * train_images
-        early_s = (self.early_s_per_image or self.train_s_per_image) * slower * train_images
-        if seconds <= self.early_epochs * early_s:
-            return max(seconds, 0.0) / early_s
-        return self.early_epochs + (seconds - self.early_epochs * early_s) / epoch_s
-
-    def accuracy(self, epochs: float, tta: int) -> float:
-        """Predicted test accuracy after ``epochs`` (the schedule fitted to that length) at TTA ``tta``.
-
-        Linear in log(epochs) between measured lengths. Below the shortest, the first two lengths'
-        slope carried down (never below chance; with one length, a straight line from chance at 0
-        epochs). Past the longest it stays at that run's accuracy: the frontier never promises more
-        than it has seen.
-        """
-        if epochs <= 0:
-            return CHANCE
-        lengths = [e for e, _ in self.points]
-        values = [acc[tta] for _, acc in self.points]
-        if epochs >= lengths[-1]:
-            return values[-1]
-        if epochs <= lengths[0]:
-            if len(lengths) == 1:
-                return CHANCE + (values[0] - CHANCE) * epochs / lengths[0]
-            slope = (values[1] - values[0]) / math.log(lengths[1] / lengths[0])
-            return max(CHANCE, values[0] - max(slope, 0.0) * math.log(lengths[0] / epochs))
-        for (e0, a0), (e1, a1) in zip(zip(lengths, values), zip(lengths[1:], values[1:])):
-            if e0 <= epochs <= e1:
-                share = math.log(epochs / e0) / math.log(e1 / e0)
-                return a0 + share * (a1 - a0)
-        raise AssertionError("unreachable")
+    @property
+    def s_per_image(self) -> float:
+        return self.step_s / self.batch
 
 
-@dataclass(frozen=True)
-class Frontier:
-    """The shipped measurements: each candidate's accuracy by epochs, and the machine's times they pair with."""
+def probe_candidate(cfg: TrainConfig, device: torch.device, test_images: int = TEST_IMAGES) -> Probe:
+    """Time ``cfg``'s training step here as its run takes it, on random images, and its evaluation.
 
-    measured_on: str
-    probe_s_per_image: dict[str, float]          # member -> the probe's seconds per image there
-    eval_s_per_image: dict[str, dict[int, float]]  # member -> {TTA level: seconds per test image} there
-    startup_s: float                             # a run's start-up after the choice there (data, model, kernels)
-    candidates: tuple[Candidate, ...]
+    The parts are the run's own (``build_run``), so batch, chunks, optimizer, lookahead, augmentation,
+    precision and memory format are the run's; the caller keeps freed memory as the run will.
+    """
+    from cifarctl.data.cifar10 import fake_cifar10
+    from cifarctl.distributed import DistInfo
+    from cifarctl.training.build import build_run
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Frontier:
-        candidates = tuple(
-            Candidate(c["model"], c["recipe"], float(c["train_s_per_image"]),
-                      tuple(sorted((float(p["epochs"]), {int(k): float(v) for k, v in p["accuracy"].items()})
-                                   for p in c["points"])),
-                      float(c.get("early_epochs", 0.0)), c.get("early_s_per_image"))
-            for c in values["candidates"] if c["points"])
-        evaluation = {m: {int(k): float(v) for k, v in levels.items()}
-                      for m, levels in values["eval_s_per_image"].items()}
-        return cls(values["measured_on"], {k: float(v) for k, v in values["probe_s_per_image"].items()},
-                   evaluation, float(values["startup_s"]), candidates)
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        parts = build_run(cfg, fake_cifar10(train=cfg.batch_size, test=cfg.eval_batch_size, seed=0), device,
+                          DistInfo(), fresh=False)
+        total = cfg.schedule_steps or 1
 
-    def candidate(self, model: str, recipe: str | None) -> Candidate | None:
-        return next((c for c in self.candidates if c.model == model and c.recipe == recipe), None)
+        def step(index: int) -> None:
+            x, y = next(iter(parts.loaders.train.epoch(index)))
+            parts.step(x, y)
+            if parts.lookahead is not None:
+                parts.lookahead.step(parts.built.model, index + 1, total)
 
-    def members(self) -> list[str]:
-        return sorted({c.model for c in self.candidates}, key=list(self.probe_s_per_image).index)
-
-
-@lru_cache(maxsize=1)
-def shipped_frontier() -> Frontier:
-    """The frontier measured for this release (``cifarctl/training/frontier.json``)."""
-    text = resources.files("cifarctl.training").joinpath("frontier.json").read_text(encoding="utf-8")
-    return Frontier.from_dict(json.loads(text))
-
-
-def frontier_accuracy(model: str, recipe: str | None) -> Callable[[float, int], float] | None:
-    """The shipped frontier's prediction (epochs, TTA level) -> accuracy for ``model`` trained with ``recipe``,
-    or None where none was measured: a budgeted run of it chooses its final TTA level with it."""
-    found = shipped_frontier().candidate(model, recipe) if family_of(model) else None
-    return found.accuracy if found is not None else None
+        step(0)  # builds kernels, and takes the memory the next steps reuse
+        sync_device(device)
+        timed = time.perf_counter()
+        step(1)
+        sync_device(device)
+        step_s = time.perf_counter() - timed
+        images = next(iter(parts.loaders.test.epoch(0)))[0]
+        per_batch = time_eval_levels(parts.built.model, images, cfg.tta, cfg.eval_amp)
+    batches = -(-test_images // cfg.eval_batch_size)
+    return Probe(step_s, cfg.batch_size, {level: s * batches for level, s in per_batch.items()},
+                 time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
@@ -153,61 +101,39 @@ class Prediction:
     tta: int
     epochs: float
     accuracy: float
-    train_s_per_image: float  # on this machine
+    train_s_per_image: float  # on this machine, in the early epochs
     eval_s: float             # the final evaluation, on this machine
+    timed: bool = True        # False: from another member's probe, at OPTIMISM times the frontier's ratio
 
     def label(self) -> str:
         return f"{self.model} with {self.recipe}"
 
 
-def predict(frontier: Frontier, seconds_left: float, speed: dict[str, float], train_images: int = 50_000,
-            test_images: int = 10_000, max_tta: int = 2, recipes: Iterable[str] | None = None) -> list[Prediction]:
-    """Every candidate's best prediction (over TTA levels up to ``max_tta``) in ``seconds_left``, best first.
+def predict(candidate: Candidate, probe: Probe, seconds_left: float, startup_s: float, train_images: int = 50_000,
+            max_tta: int = 2, timed: bool = True) -> Prediction:
+    """``candidate``'s best prediction over TTA levels up to ``max_tta`` in ``seconds_left``, at ``probe``'s speed.
 
-    ``speed``: member -> this machine's probe time over the frontier machine's (2.0: half as fast here).
-    Usage: ``predict(shipped_frontier(), 280, {"airbench94": 3.1, ...})[0]``
+    ``startup_s``: the run's start-up after the choice (data, model; its first step costs about half a
+    step more than the others). Usage: ``predict(shipped_frontier().candidates[0], probe, 280, 7.0)``
     """
-    allowed = set(recipes) if recipes is not None else None
-    best: list[Prediction] = []
-    for c in frontier.candidates:
-        if c.model not in speed or (allowed is not None and c.recipe not in allowed):
-            continue
-        factor = speed[c.model]
-        train_s = c.train_s_per_image * factor
-        options = []
-        for level in range(max_tta + 1):
-            eval_s = frontier.eval_s_per_image[c.model][level] * factor * test_images
-            training = seconds_left - frontier.startup_s * factor - eval_s
-            epochs = c.epochs_in(training, factor, train_images)
-            options.append(Prediction(c.model, c.recipe, level, epochs, c.accuracy(epochs, level), train_s, eval_s))
-        best.append(max(options, key=lambda p: (p.accuracy, -p.tta)))
-    return sorted(best, key=lambda p: -p.accuracy)
+    options = []
+    for level in range(max_tta + 1):
+        training = seconds_left - startup_s - 0.5 * probe.step_s - probe.eval_s[level]
+        epochs = candidate.epochs_in(training, probe.s_per_image, train_images)
+        options.append(Prediction(candidate.model, candidate.recipe, level, epochs,
+                                  candidate.accuracy(epochs, level), probe.s_per_image, probe.eval_s[level], timed))
+    return max(options, key=lambda p: tta_preference(p.accuracy, p.tta))
 
 
-def probe_member(model: str, device: torch.device, amp: bool = True, batch: int = PROBE_BATCH,
-                 keep_memory: bool | None = None) -> float:
-    """Seconds per image of one forward and backward pass of ``model`` here, as training runs it
-    (its precision, memory format and allocator setting), on random images: no data is needed yet."""
-    net = create_model(model).to(device)
-    cast = autocast_dtype(device, amp)
-    if default_channels_last(device, cast):
-        net = net.to(memory_format=torch.channels_last)
-    images = torch.randn(batch, 3, 32, 32, device=device)
-    labels = torch.randint(0, 10, (batch,), device=device)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
-            loss = torch.nn.functional.cross_entropy(net(images), labels)
-        loss.backward()
-
-    with kept_memory(keeps_memory(device, cast, keep_memory)):
-        step()
-        sync_device(device)
-        started = time.perf_counter()
-        for _ in range(PROBE_PASSES):
-            step()
-        sync_device(device)
-        return (time.perf_counter() - started) / (PROBE_PASSES * batch)
+def estimate(frontier: Frontier, candidate: Candidate, reference: Candidate, probe: Probe) -> Probe:
+    """An optimistic probe of ``candidate`` from ``reference``'s: the frontier's cost ratio of the two, times
+    ``OPTIMISM`` (no member has been cheaper than that share of its ratio)."""
+    ratio = OPTIMISM * (candidate.early_s_per_image or candidate.train_s_per_image) / \
+        (reference.early_s_per_image or reference.train_s_per_image)
+    evals = frontier.eval_s_per_image
+    return Probe(probe.step_s * ratio, probe.batch,
+                 {level: s * OPTIMISM * evals[candidate.model][level] / evals[reference.model][level]
+                  for level, s in probe.eval_s.items()})
 
 
 @dataclass
@@ -218,9 +144,9 @@ class Choice:
     budget_s: float
     chosen: Prediction
     others: list[Prediction] = field(default_factory=list)
-    probe_s_per_image: dict[str, float] = field(default_factory=dict)
-    speed: dict[str, float] = field(default_factory=dict)
-    seconds_spent: float = 0.0   # start-up and the probe, before the choice
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)  # "member with recipe" -> its Probe, timed here
+    seconds_spent: float = 0.0   # start-up and the probes, before the choice
+    probe_s: float = 0.0         # the probes alone
     measured_on: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,44 +154,72 @@ class Choice:
 
     def describe(self, where: str = "here") -> str:
         """``5m here: airbench94_half with muon, about 4.1 epochs and TTA 0, predicted 86.0% (...)``"""
-        from cifarctl.training.budget import format_duration
-
         c = self.chosen
-        runners = "; ".join(f"{p.label()} {p.accuracy:.1f}% ({p.epochs:.1f} epochs, TTA {p.tta})"
-                            for p in self.others[:3])
+        runners = "; ".join(f"{p.label()} {p.accuracy:.1f}% ({p.epochs:.1f} epochs, TTA {p.tta}"
+                            f"{'' if p.timed else ', at best: not timed'})" for p in self.others[:3])
         return (f"{format_duration(self.budget_s)} {where}: {c.label()}, about {c.epochs:.1f} epochs and TTA {c.tta}, "
                 f"predicted {c.accuracy:.1f}% from the frontier measured on {self.measured_on}"
                 + (f"; next: {runners}" if runners else "")
-                + f" (start-up and timing the members took {self.seconds_spent:.0f} s)")
+                + f" (start-up {self.seconds_spent - self.probe_s:.0f} s, timing {len(self.probes)} candidates' "
+                  f"training steps {self.probe_s:.0f} s)")
 
 
-def choose(family: str, budget_s: float, clock: float, device: torch.device, amp: bool = True, max_tta: int = 2,
+def choose(family: str, budget_s: float, clock: float, device: torch.device, settings: dict[str, Any] | None = None,
            recipes: Iterable[str] | None = None, train_images: int = 50_000, frontier: Frontier | None = None,
-           probe: Callable[[str], float] | None = None, keep_memory: bool | None = None) -> Choice:
-    """Probe each member of ``family`` here, then choose the candidate predicted best in what is left of
-    ``budget_s`` (counted from ``clock``, a ``time.monotonic()``).
+           probe: Callable[[TrainConfig], Probe] | None = None) -> Choice:
+    """Probe ``family``'s candidates here, cheapest first, then choose the one predicted best in what is left
+    of ``budget_s`` (counted from ``clock``, a ``time.monotonic()``). ``settings``: the user's, which the runs
+    take (precision, memory, TTA bound ...).
 
     Usage: ``choose("airbench", 300, time.monotonic(), torch.device("cpu")).chosen.model``
     """
     frontier = frontier or shipped_frontier()
+    # What the runs will take, but their length (the probe takes two steps) and held-out images (one batch).
+    settings = {k: v for k, v in (settings or {}).items() if k not in ("time_budget", "choice", "val_split")}
     allowed = list(recipes) if recipes is not None else None
-    members = [m for m in frontier.members() if m in FAMILIES[family]
-               and any(c.model == m and (allowed is None or c.recipe in allowed) for c in frontier.candidates)]
-    if not members:
+    members = families()[family]
+    candidates = [c for m in members for c in frontier.candidates
+                  if c.model == m and (allowed is None or c.recipe in allowed)]
+    if not candidates:
         raise UsageError(f"the frontier has no {family} candidate with recipe {', '.join(allowed or [])}: "
                          f"choose from {', '.join(sorted({c.recipe for c in frontier.candidates}))}")
-    timer = probe or (lambda m: probe_member(m, device, amp, keep_memory=keep_memory))
-    probed = {m: timer(m) for m in members}
-    speed = {m: probed[m] / frontier.probe_s_per_image[m] for m in members}
-    spent = time.monotonic() - clock
-    left = budget_s - spent - RESERVE_FRACTION * budget_s
-    ranked = predict(frontier, left, speed, train_images, max_tta=max_tta, recipes=allowed)
-    if not ranked or ranked[0].epochs <= 0:
-        from cifarctl.training.budget import format_duration
+    timer = probe or (lambda cfg: probe_candidate(cfg, device))
+    max_tta = int(settings.get("tta", 2) if settings.get("tta") is not None else 2)
+    cast = autocast_dtype(device, settings.get("amp", True) if settings.get("amp") is not None else True)
+    probes: list[tuple[Candidate, Probe]] = []  # timed, cheapest member first
+    best: Prediction | None = None
+    with kept_memory(keeps_memory(device, cast, settings.get("keep_memory"))):  # as the runs will keep it
+        for c in candidates:
+            left = budget_s - (time.monotonic() - clock) - reserve_for(budget_s)
+            if best is not None:  # could it win at its most optimistic speed here?
+                hope = predict(c, estimate(frontier, c, *probes[-1]), left, frontier.startup_s, train_images, max_tta)
+                if hope.accuracy <= best.accuracy:
+                    continue
+            probes.append((c, timer(TrainConfig.for_model(c.model, c.recipe, **settings))))
+            now = predict(c, probes[-1][1], left, frontier.startup_s, train_images, max_tta)
+            best = now if best is None or now.accuracy > best.accuracy else best
+    return _decide(family, budget_s, clock, frontier, candidates, probes, train_images, max_tta)
 
+
+def _decide(family: str, budget_s: float, clock: float, frontier: Frontier, candidates: list[Candidate],
+            probes: list[tuple[Candidate, Probe]], train_images: int, max_tta: int) -> Choice:
+    """Every candidate predicted in what is left now (untimed ones at their optimistic estimate), best first."""
+    spent = time.monotonic() - clock
+    left = budget_s - spent - reserve_for(budget_s)
+    timed = {(c.model, c.recipe): probe for c, probe in probes}
+    ranked = [predict(c, timed[c.model, c.recipe], left, frontier.startup_s, train_images, max_tta)
+              if (c.model, c.recipe) in timed else
+              predict(c, estimate(frontier, c, *probes[-1]), left, frontier.startup_s, train_images, max_tta,
+                      timed=False) for c in candidates]
+    chosen = max((p for p in ranked if p.timed), key=lambda p: p.accuracy)
+    if chosen.epochs <= 0:
         raise UsageError(f"a time budget of {format_duration(budget_s)} leaves no time to train any {family} "
                          f"member here (choosing took {spent:.0f} s): give more, e.g. --time-budget 2m")
-    return Choice(family, budget_s, ranked[0], ranked[1:], probed, speed, spent, frontier.measured_on)
+    others = sorted((p for p in ranked if p is not chosen), key=lambda p: -p.accuracy)
+    record = {f"{c.model} with {c.recipe}": {**asdict(p), "eval_s": {str(k): v for k, v in p.eval_s.items()},
+                                             "s_per_image": p.s_per_image} for c, p in probes}  # JSON's keys
+    return Choice(family, budget_s, chosen, others, record, spent, sum(p.seconds for _, p in probes),
+                  frontier.measured_on)
 
 
 def chosen_settings(choice: Choice, settings: dict[str, Any]) -> dict[str, Any]:

@@ -40,3 +40,5 @@ class TrainResult:
     tta: int = 0                     # test-time augmentation level of the test numbers
     finished_before: bool = False    # a resumed run that had nothing left to do
     budget: dict[str, Any] | None = None  # the time-budget plan (BudgetPlan.to_dict()), with --time-budget
+    epochs_trained: float = 0.0      # optimizer steps over steps per epoch (a partial last epoch counts its share)
+    total_seconds: float = 0.0       # the run's time over every session it was trained in (``seconds``: this one)

@@ -39,7 +39,8 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def capture(trainer: Trainer) -> dict[str, Any]:
     """The checkpoint of ``trainer`` as it stands. Every rank calls it: it gathers their RNG states."""
-    rngs = ddp.gather_objects(rng_state(trainer.device))  # this process's alone; every rank's (by rank) under DDP
+    rng = rng_state(trainer.device)
+    rngs = ddp.gather_objects(rng) if trainer.dist.enabled else [rng]  # every rank's (by rank) under DDP
     return {
         "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
@@ -56,7 +57,7 @@ def capture(trainer: Trainer) -> dict[str, Any]:
 
 
 def _metrics_summary(trainer: Trainer) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"seconds": round(trainer.elapsed(), 3), "epochs": trainer.epochs_trained()}
     if trainer.last_eval is not None:
         out.update(test_accuracy=trainer.last_eval.accuracy, test_loss=trainer.last_eval.loss,
                    tta=trainer.last_eval.extra.get("tta_level", 0))
@@ -86,6 +87,7 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
             trainer.lookahead.load_state_dict(state["lookahead"])
         trainer.last_train = tuple(state.get("last_train") or trainer.last_train)  # type: ignore[assignment]
         trainer.stored_metrics = dict(state.get("metrics") or {})
+        trainer.elapsed_before = float(trainer.stored_metrics.get("seconds") or 0.0)
         _restore_rng(trainer, state)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{trainer.run_dir / 'last.pt'} cannot be resumed ({exc})") from None

@@ -9,7 +9,6 @@ what a model needs of training it provides itself, as hooks (``cifarctl.models.h
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import threading
@@ -18,16 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from cifarctl import distributed as ddp
-from cifarctl.allocator import keeps_memory, kept_memory
+from cifarctl.allocator import kept_memory
 from cifarctl.data.cifar10 import CIFAR10
 from cifarctl.data.loader import DeviceLoader
-from cifarctl.device import autocast_dtype, default_channels_last, needs_grad_scaler, resolve_device
-from cifarctl.errors import UsageError
+from cifarctl.device import resolve_device
 from cifarctl.evaluation import EvalResult, evaluate_model
-from cifarctl.models import is_model
 from cifarctl.models.hooks import call_hook, read_only
 from cifarctl.models.spec import display_name
 from cifarctl.progress import NullProgress, Progress
@@ -35,13 +31,11 @@ from cifarctl.run.checkpoint import load_checkpoint
 from cifarctl.run.config import TrainConfig
 from cifarctl.run.folder import RunFolder
 from cifarctl.training import state as run_state
-from cifarctl.training.budget import BudgetPlan, RunShape, TimeBudget, time_eval_levels
-from cifarctl.training.build import build_loaders, build_model, init_from_data
-from cifarctl.training.choice import frontier_accuracy
-from cifarctl.training.lookahead import Lookahead
+from cifarctl.training.budget import BudgetPlan, RunShape, time_eval_levels
+from cifarctl.training.build import build_run
 from cifarctl.training.metrics import RunningMetrics
 from cifarctl.training.result import TrainingInterrupted, TrainResult
-from cifarctl.training.schedule import build_optimizer, build_scheduler, rebuild_scheduler, schedule_steps
+from cifarctl.training.schedule import rebuild_scheduler
 
 TIME_BETWEEN_SAVES_S = 180.0  # default checkpoint interval when --save-every is not given
 
@@ -57,8 +51,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: CIFAR10, run_dir: Path, progress: Progress | None = None,
                  stop: threading.Event | None = None, resume: dict[str, Any] | None = None,
                  notify: Callable[[str], None] | None = None, clock: float | None = None,
-                 model: torch.nn.Module | None = None) -> None:
-        clock = time.monotonic() if clock is None else clock
+                 model: torch.nn.Module | None = None, alone: bool = False) -> None:
         self.cfg, self.data, self.run_dir = dataclasses.replace(cfg), data, run_dir  # a copy: resolved below
         self.progress = progress or NullProgress()
         self.stop = stop or threading.Event()
@@ -66,45 +59,19 @@ class Trainer:
         self.notify = notify or (lambda _text: None)
         self.plan: BudgetPlan | None = None
         device = resolve_device(cfg.device)
-        if device.type == "mps" and cfg.compile:
-            raise UsageError("--compile is not used on Apple GPUs (torch.compile's MPS backend is experimental): "
-                             "drop --compile")
-        self.dist = ddp.init_distributed(device)
-        self.device = ddp.rank_device(device, self.dist)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        self.cast = autocast_dtype(self.device, cfg.amp)
-        self.keep_memory = keeps_memory(self.device, self.cast, cfg.keep_memory)
-        channels_last = cfg.channels_last
-        if channels_last is None:  # a user's model may .view() its maps, which channels_last tensors refuse
-            channels_last = default_channels_last(self.device, self.cast) and model is None and is_model(cfg.model)
-        built = build_model(self.cfg, len(data.classes), self.device, self.dist, channels_last,
-                            from_checkpoint=resume is None, instance=model)
-        self.model, self.forward, self.source = built.model, built.forward, built.source
-        for note in built.notes:
-            self.notify(f"warning: {note}")
-        self.scaler = torch.amp.GradScaler(self.device.type) if needs_grad_scaler(self.cast) else None
-        loaders = build_loaders(self.cfg, data, self.device, self.dist, channels_last)
-        self.train_loader, self.test_loader, self.val_loader = loaders.train, loaders.test, loaders.val
-        cfg = self.cfg
-        if resume is None and cfg.whiten and not cfg.init_ckpt:
-            init_from_data(self.model, cfg, loaders.train_images, self.device)
-        self.optimizer = build_optimizer(cfg, self.model)
-        if cfg.head_lr is not None and not any(g.get("name") == "head" for g in self.optimizer.param_groups):
-            self.notify(f"{display_name(cfg.model)} has no linear layer to take the classifier's lr (head lr {cfg.head_lr:g}): "
-                        f"all of it trains at lr {cfg.lr:g}")
-        self.peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        # A time budget not yet fitted: the run measures its first steps (on the recipe's own length meanwhile).
-        self.budget: TimeBudget | None = None
-        if cfg.time_budget is not None and cfg.schedule_steps is None and resume is None:
-            self.budget = TimeBudget(cfg.time_budget, clock, self.device, distributed=self.dist.enabled,
-                                     accuracy=frontier_accuracy(cfg.model, cfg.recipe))
-        if cfg.schedule_steps is None:  # fixed now, so a resumed run keeps this schedule whatever --epochs says
-            cfg.schedule_steps = schedule_steps(cfg, len(self.train_loader))
-        self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
-        self.lookahead = Lookahead(self.model) if cfg.ema else None
+        # ``alone``: one process's own run, even under torchrun (a group's seeds, each on its own device).
+        self.dist = ddp.DistInfo() if alone else ddp.init_distributed(device)
+        self.device = ddp.rank_device(device, self.dist) if not alone else ddp.own_device(device)
+        parts = build_run(self.cfg, data, self.device, self.dist, fresh=resume is None, instance=model, clock=clock)
+        for note in parts.notes:
+            self.notify(note)
+        self.model, self.forward, self.source = parts.built.model, parts.built.forward, parts.built.source
+        self.cast, self.keep_memory, self.step_runner = parts.cast, parts.keep_memory, parts.step
+        self.optimizer, self.scheduler, self.peak_lrs = parts.optimizer, parts.scheduler, parts.peak_lrs
+        self.scaler, self.lookahead, self.budget = parts.step.scaler, parts.lookahead, parts.budget
+        self.train_loader, self.test_loader, self.val_loader = parts.loaders.train, parts.loaders.test, parts.loaders.val
         self.running = RunningMetrics(self.device)
-        self.folder = RunFolder(run_dir, cfg.model, writer=self.dist.is_main)
+        self.folder = RunFolder(run_dir, self.cfg.model, writer=self.dist.is_main)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_accuracy: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None  # best weights, kept for the final test (--val-split)
@@ -117,6 +84,7 @@ class Trainer:
         # ranks must agree (one small all-reduce) before any of them leaves the loop.
         self.check_every = 1 if not self.dist.enabled else 10
         self.images_seen, self.train_seconds = 0, 0.0
+        self.elapsed_before, self.run_started = 0.0, None  # the run's time in earlier sessions; this one's start
         if resume is not None:
             run_state.restore(self, resume)
 
@@ -130,7 +98,7 @@ class Trainer:
         self.folder.open(self.config_record(), tensorboard=self.cfg.tensorboard, resumed_step=self.global_step)
         try:
             with kept_memory(self.keep_memory):  # glibc keeps the memory each step frees, for the next one
-                started = time.perf_counter()
+                started = self.run_started = time.perf_counter()
                 while not self.finished():
                     self._start_epoch()
                     for x, y in self.train_loader.epoch(self.epoch, self.step_in_epoch):
@@ -159,42 +127,13 @@ class Trainer:
         return f"epoch {self.epoch + 1}/{self.cfg.epochs}"
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Forward, backward (chunk by chunk under --micro-batch), one optimizer step, the schedule's step
-        and the lookahead's."""
-        self.optimizer.zero_grad(set_to_none=True)
-        chunks = self._chunks(len(y))
-        for i, (start, stop) in enumerate(chunks):
-            last = i == len(chunks) - 1
-            xc, yc = (x, y) if len(chunks) == 1 else (x[start:stop], y[start:stop])
-            with self._no_sync(not last):
-                with torch.autocast(self.device.type, dtype=self.cast or torch.float32, enabled=self.cast is not None):
-                    logits = self.forward(xc)
-                    loss = F.cross_entropy(logits.float(), yc, label_smoothing=self.cfg.label_smoothing)
-                # a chunk's mean loss, weighted by its share: the chunks' gradients add up to the batch mean's
-                scaled = loss if len(chunks) == 1 else loss * ((stop - start) / len(y))
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            self.running.update(loss, logits, yc)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        """One optimizer step (``StepRunner``), then the schedule's step and the lookahead's."""
+        self.step_runner(x, y, self.running)
         step, total = self.global_step + 1, self.cfg.schedule_steps or 1
         if step < total and not self._measuring():  # past its end (a run lengthened on resume) it stays at its final lr
             self.scheduler.step()
         if self.lookahead is not None:
             self.lookahead.step(self.model, step, total)
-
-    def _chunks(self, n: int) -> list[tuple[int, int]]:
-        """``(start, stop)`` of each chunk of a batch of ``n``: as few as --micro-batch allows, of equal sizes."""
-        count = -(-n // self.cfg.micro_batch) if self.cfg.micro_batch else 1
-        bounds = [n * i // count for i in range(count + 1)]
-        return list(zip(bounds[:-1], bounds[1:]))
-
-    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager:
-        """Under DDP, a chunk before the batch's last keeps its gradients on this rank (no all-reduce yet)."""
-        no_sync = getattr(self.forward, "no_sync", None)
-        return no_sync() if skip and no_sync is not None else contextlib.nullcontext()
 
     def _count_step(self, images: int) -> None:
         self.step_in_epoch += 1
@@ -326,7 +265,7 @@ class Trainer:
         shape = RunShape(len(self.train_loader), len(self.test_loader),
                          len(self.val_loader) if self.val_loader is not None else None, cfg.eval, cfg.eval_every,
                          cfg.tta)
-        self._apply_plan(ddp.broadcast_object(self.budget.plan(step_s, level_s, shape, self.global_step)))
+        self._apply_plan(self._shared(self.budget.plan(step_s, level_s, shape, self.global_step)))
         self.notify(self.plan.describe(display_name(cfg.model)) if self.plan else "")
 
     def _refit_budget(self) -> None:
@@ -334,7 +273,7 @@ class Trainer:
         if self.budget is None or self.budget.measuring or self.finished():
             return
         before = self.plan.steps if self.plan else 0
-        plan = ddp.broadcast_object(self.budget.refit(self.global_step) if self.dist.is_main else None)
+        plan = self._shared(self.budget.refit(self.global_step) if self.dist.is_main else None)
         if plan is not None:
             self._apply_plan(plan)
             if plan.steps < before:
@@ -343,6 +282,10 @@ class Trainer:
             else:
                 self.notify(f"steps run faster than when they were measured: {plan.steps:,} steps in all "
                             f"({plan.epochs:.2f} epochs) use the run's {self.budget.seconds:.0f} s")
+
+    def _shared(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank of this run (``value`` itself for a run alone, whatever group it is in)."""
+        return ddp.broadcast_object(value) if self.dist.enabled else value
 
     def _apply_plan(self, plan: BudgetPlan) -> None:
         """Fix the run's length (and its final TTA level) to ``plan``'s, and the schedule to that length."""
@@ -361,6 +304,14 @@ class Trainer:
         """Every rank calls this (it gathers RNG states and metrics); rank 0 writes."""
         self.folder.save(run_state.capture(self), best=best)
 
+    def elapsed(self) -> float:
+        """The run's seconds so far, over every session it was trained in."""
+        now = time.perf_counter() - self.run_started if self.run_started is not None else 0.0
+        return self.elapsed_before + now
+
+    def epochs_trained(self) -> float:
+        return round(self.global_step / len(self.train_loader), 4)
+
     def config_record(self) -> dict[str, Any]:
         """config.json: every setting the run used, and its time budget's plan."""
         plan = {"budget_plan": self.plan.to_dict()} if self.plan else {}
@@ -374,6 +325,7 @@ class Trainer:
         result.test_accuracy, result.test_loss = stored.get("test_accuracy"), stored.get("test_loss")
         result.val_accuracy, result.best_test_accuracy = stored.get("val_accuracy"), stored.get("best_test_accuracy")
         result.tta, result.finished_before = int(stored.get("tta") or 0), True
+        result.total_seconds = self.elapsed_before
         return result
 
     def result(self, seconds: float, images_per_s: float) -> TrainResult:
@@ -383,4 +335,5 @@ class Trainer:
             test.accuracy if test else None, test.loss if test else None, seconds, images_per_s, str(self.device),
             val_accuracy=val.accuracy if val else None, best_test_accuracy=best.accuracy if best else None,
             best_selected_on=self.best_selected_on, tta=test.extra.get("tta_level", 0) if test else 0,
-            budget=self.plan.to_dict() if self.plan else None)
+            budget=self.plan.to_dict() if self.plan else None, epochs_trained=self.epochs_trained(),
+            total_seconds=self.elapsed())
