@@ -76,3 +76,22 @@ def exclusive(folder: Path, on_busy: Callable[[str], None], wait: bool = False) 
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race with a waiting process)
+
+
+def held(folder: Path) -> bool:
+    """Whether another process holds ``folder/.lock`` now (a group or run in training); False where there is
+    no lock file or no locking."""
+    lock_file = Path(folder) / LOCK_NAME
+    if fcntl is None or not lock_file.is_file():
+        return False
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if not _try_lock(fd, wait=False):
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

@@ -122,6 +122,59 @@ class RichProgress:
             self._bar.update(self._task, description=description)
 
 
+class RichLanes:
+    """Several tasks drawn at once, one line each (``--jobs``: a bar per job); ``lane(i)`` is task ``i``'s
+    ``Progress``."""
+
+    def __init__(self, console: Console | None = None, enabled: bool = True) -> None:
+        self.console, self.enabled = console or err_console(), enabled
+        self._bar: Progress | None = None
+        self._tasks: dict[int, Any] = {}
+
+    def lane(self, index: int) -> _Lane:
+        return _Lane(self, index)
+
+    def _task(self, index: int, description: str, total: float | None) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=self.console)
+            self._bar.start()
+        if index in self._tasks:
+            self._bar.reset(self._tasks[index], total=total, description=description, info="")
+        else:
+            self._tasks[index] = self._bar.add_task(description, total=total, info="")
+
+    def _update(self, index: int, **fields: Any) -> None:
+        if self._bar is not None and index in self._tasks:
+            self._bar.update(self._tasks[index], **fields)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar, self._tasks = None, {}
+
+
+class _Lane:
+    """One task of ``RichLanes``, as the library's ``Progress``."""
+
+    def __init__(self, lanes: RichLanes, index: int) -> None:
+        self.lanes, self.index = lanes, index
+
+    def start(self, description: str, total: float | None, unit: str = "") -> None:
+        self.lanes._task(self.index, f"job {self.index + 1} · {description}", total)
+
+    def advance(self, amount: float = 0, **info: object) -> None:
+        self.lanes._update(self.index, advance=amount, **({"info": format_info(info)} if info else {}))
+
+    def finish(self) -> None:
+        pass  # the line stays until the job's next task replaces it
+
+    def relabel(self, description: str) -> None:
+        self.lanes._update(self.index, description=f"job {self.index + 1} · {description}")
+
+
 def format_info(info: dict[str, object]) -> str:
     parts = []
     if "loss" in info:

@@ -1,8 +1,9 @@
-"""`cifarctl runs`: the training runs under the checkpoints root."""
+"""`cifarctl runs`: the training runs and groups of seeds, one group's seeds, and two groups compared."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -11,32 +12,70 @@ from cifarctl import paths
 from cifarctl.cli.options import Json
 from cifarctl.cli.render import err_console, handle_errors, out_console, print_json
 
+if TYPE_CHECKING:
+    from cifarctl.run.index import GroupInfo, RunInfo
+
 
 @handle_errors
 def runs(
-    model: Annotated[Optional[str], typer.Argument(help="Only this model's runs.")] = None,
+    what: Annotated[Optional[list[str]], typer.Argument(
+        help="MODEL (only its runs), a GROUP folder (its seeds), or `compare A B` (two groups, or runs as groups "
+             "of one).", show_default=False)] = None,
     json_output: Json = False,
 ) -> None:
-    """List runs: model, epochs, best and last test accuracy, and folder (newest last).
+    """List runs and groups of seeds (newest last), show one group's seeds, or compare two groups.
 
-    Runs trained with --out elsewhere are listed too (they are recorded in the runs index).
-    "chosen on" says which split picked best.pt: test (the default) or val (--val-split).
+    A run: model, epochs, best and last test accuracy, and folder ("chosen on": the split that picked
+    best.pt, test or val with --val-split). A group (`train --seeds N`): model, seeds finished, mean
+    accuracy ± std with its 95% interval, and state. Runs and groups trained with --out elsewhere are
+    listed too (they are recorded in the runs index).
 
     Examples:
 
       cifarctl runs
 
       cifarctl runs resnet50 --json
-    """
-    from cifarctl.run.index import list_runs
 
-    found = list_runs(model)
+      cifarctl runs runs/airbench94_quarter/20261203-1200        (a group's seeds)
+
+      cifarctl runs compare GROUP_A GROUP_B                       (B against A: difference, 95% CI, Welch's p)
+    """
+    from cifarctl.run.group import is_group
+
+    args = list(what or [])
+    if args[:1] == ["compare"]:
+        _compare(args[1:], json_output)
+    elif len(args) > 1:
+        from cifarctl.errors import UsageError
+
+        raise UsageError(f"`cifarctl runs` takes one MODEL or GROUP, or `compare A B`; got {' '.join(args)}")
+    elif args and is_group(Path(args[0])):
+        _show_group(Path(args[0]), json_output)
+    else:
+        _list(args[0] if args else None, json_output)
+
+
+def _list(model: str | None, json_output: bool) -> None:
+    from cifarctl.run.index import list_groups, list_runs
+
+    found, groups = list_runs(model), list_groups(model)
     if json_output:
-        print_json([r.to_dict() for r in found])
+        print_json([r.to_dict() for r in found] + [g.to_dict() for g in groups])
         return
-    if not found:
+    if not found and not groups:
         err_console().print(f"no runs under {paths.runs_root()} yet: `cifarctl train MODEL` makes one")
         return
+    if found:
+        out_console().print(_runs_table(found))
+    if groups:
+        out_console().print(_groups_table(groups))
+    if any(r.damaged for r in found):
+        err_console().print("[yellow]a damaged config.json or metrics.jsonl does not stop a run: "
+                            "`cifarctl train MODEL --resume FOLDER` continues from its checkpoint and writes "
+                            "config.json again[/]")
+
+
+def _runs_table(found: list[RunInfo]) -> Table:
     table = Table(show_edge=False, header_style="bold")
     for column, justify in (("model", "left"), ("epochs", "right"), ("steps", "right"), ("best acc", "right"),
                             ("chosen on", "left"), ("last acc", "right"), ("modified", "left"), ("folder", "left")):
@@ -48,8 +87,69 @@ def runs(
                       f"{r.last_accuracy:.2f}%" if r.last_accuracy is not None else "-",
                       r.modified.strftime("%Y-%m-%d %H:%M"),
                       str(r.path) + (f" [red](damaged: {', '.join(r.damaged)})[/]" if r.damaged else ""))
+    return table
+
+
+def _groups_table(groups: list[GroupInfo]) -> Table:
+    table = Table(title="groups of seeds (`cifarctl runs GROUP` shows one's seeds)", title_justify="left",
+                  show_edge=False, header_style="bold")
+    for column, justify in (("model", "left"), ("n", "right"), ("test acc (mean ± std)", "right"),
+                            ("95% CI", "right"), ("state", "left"), ("modified", "left"), ("folder", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for g in groups:
+        accuracy = "-" if g.mean is None else f"{g.mean:.2f}%" + (f" ± {g.std:.2f}" if g.std is not None else "")
+        interval = f"{g.ci95[0]:.2f}-{g.ci95[1]:.2f}" if g.ci95 else "-"
+        state = f"[red]{g.state}[/]" if g.state == "damaged" else g.state
+        table.add_row(g.model, f"{g.n}/{g.seeds}", accuracy, interval, state, g.modified.strftime("%Y-%m-%d %H:%M"),
+                      str(g.path))
+    return table
+
+
+def _show_group(folder: Path, json_output: bool) -> None:
+    from cifarctl.run.group import read_group
+
+    record = read_group(folder)
+    if json_output:
+        print_json({"group_dir": str(folder), "model": record.model, "state": record.state, "seeds": record.seeds,
+                    "runs": record.runs, "summary": record.summary})
+        return
+    render_group(record.model, record.runs, record.summary, record.state, len(record.seeds))
+
+
+def render_group(model: str, runs: list[dict[str, Any]], summary: dict[str, Any] | None, state: str,
+                 seeds: int) -> None:
+    """A group's seeds as a table, then its summary (and its target's test)."""
+    from cifarctl.stats import Summary
+
+    table = Table(title=f"{model}: {len(runs)} of {seeds} seeds ({state})", title_justify="left", show_edge=False,
+                  header_style="bold")
+    for column in ("seed", "test acc", "test loss", "epochs", "seconds"):
+        table.add_column(column, justify="right")
+    for r in runs:
+        accuracy = f"{r['test_accuracy']:.2f}%" if r["test_accuracy"] is not None else "-"
+        loss = f"{r['test_loss']:.4f}" if r["test_loss"] is not None else "-"
+        table.add_row(str(r["seed"]), accuracy, loss, f"{r['epochs']:.2f}", f"{r['seconds']:,.1f}")
     out_console().print(table)
-    if any(r.damaged for r in found):
-        err_console().print("[yellow]a damaged config.json or metrics.jsonl does not stop a run: "
-                            "`cifarctl train MODEL --resume FOLDER` continues from its checkpoint and writes "
-                            "config.json again[/]")
+    if summary is not None:
+        shown = Summary(**{**summary, "ci95": tuple(summary["ci95"]) if summary["ci95"] else None})
+        seconds = f", mean time {shown.seconds_mean:,.1f} s" if shown.seconds_mean is not None else ""
+        out_console().print(f"[bold]{shown.describe()}[/]{seconds}")
+        if shown.target is not None:
+            out_console().print(shown.describe_target())
+
+
+def _compare(args: list[str], json_output: bool) -> None:
+    from cifarctl.errors import UsageError
+    from cifarctl.run.group import compare_folders
+
+    if len(args) != 2:
+        raise UsageError("`cifarctl runs compare A B` takes two folders: groups of seeds, or runs (a group of one)")
+    result = compare_folders(Path(args[0]), Path(args[1]))
+    if json_output:
+        print_json(result.to_dict())
+        return
+    interval = f", 95% CI {result.ci95[0]:+.2f} to {result.ci95[1]:+.2f}" if result.ci95 else ""
+    times = f"; B takes {result.time_ratio:.2f}x A's time" if result.time_ratio is not None else ""
+    out_console().print(f"A: {result.mean_a:.2f}% (n={result.n_a}) · B: {result.mean_b:.2f}% (n={result.n_b}) · "
+                        f"B - A = {result.difference:+.2f} points{interval}{times}")
+    out_console().print(f"[bold]{result.sentence}[/]")

@@ -30,10 +30,13 @@ def indexed_runs() -> list[Path]:
 
 
 def register_run(run_dir: Path) -> None:
-    """Record ``run_dir`` in the index unless it lies under the runs root (found there anyway)."""
+    """Record ``run_dir`` in the index unless it lies under the runs root (found there anyway) or is a seed of a
+    group (listed with its group)."""
+    from cifarctl.run.group import is_group
+
     run_dir = Path(run_dir).resolve()
     root = paths.runs_root().resolve()
-    if run_dir.is_relative_to(root) or run_dir in indexed_runs():
+    if run_dir.is_relative_to(root) or run_dir in indexed_runs() or is_group(run_dir.parent):
         return
     known = [str(p) for p in indexed_runs()]
     write_text(root / INDEX, "\n".join([*known, str(run_dir)]) + "\n")
@@ -77,7 +80,7 @@ class RunInfo:
     damaged: list[str] = field(default_factory=list)  # files of the folder that cannot be read (config.json ...)
 
     def to_dict(self) -> dict[str, object]:
-        return {"model": self.model, "path": str(self.path), "epochs": self.epochs,
+        return {"kind": "run", "model": self.model, "path": str(self.path), "epochs": self.epochs,
                 "planned_epochs": self.planned_epochs, "global_step": self.global_step,
                 "best_accuracy": self.best_accuracy, "last_accuracy": self.last_accuracy,
                 "best_selected_on": self.best_selected_on, "val_accuracy": self.val_accuracy,
@@ -124,3 +127,61 @@ def list_runs(model: str | None = None) -> list[RunInfo]:
             val_accuracy=vals[-1] if vals else None, damaged=damaged,
         ))
     return sorted(runs, key=lambda r: r.modified)
+
+
+@dataclass
+class GroupInfo:
+    """One group of seeds, as ``cifarctl runs`` lists it: its model, finished seeds and their summary, its state."""
+
+    model: str
+    path: Path
+    n: int                          # finished seeds
+    seeds: int                      # seeds asked for
+    mean: float | None
+    std: float | None
+    ci95: list[float] | None
+    state: str                      # running (its lock is held), stopped (resume it), finished, damaged
+    modified: datetime
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": "group", "model": self.model, "path": str(self.path), "n": self.n, "seeds": self.seeds,
+                "mean": self.mean, "std": self.std, "ci95": self.ci95, "state": self.state,
+                "modified": self.modified.isoformat(timespec="seconds")}
+
+
+def group_folders(model: str | None = None) -> list[Path]:
+    """Every group of seeds: under the runs root (``<runs>/<model>/<when>/summary.json``) and indexed ``--out`` ones."""
+    from cifarctl.models.spec import run_folder_name
+    from cifarctl.run.group import SUMMARY, is_group
+
+    pattern = f"{glob.escape(run_folder_name(model)) if model else '*'}/*/{SUMMARY}"
+    found = [path.parent for path in paths.runs_root().glob(pattern)]
+    found += [folder for folder in indexed_runs() if is_group(folder) and folder not in found]
+    return found
+
+
+def list_groups(model: str | None = None) -> list[GroupInfo]:
+    """Groups of seeds, oldest first; ``model`` keeps only that model's. A summary.json that does not read is
+    listed as damaged; a group whose lock nobody holds and whose seeds are not all done is stopped."""
+    from cifarctl.errors import CifarctlError
+    from cifarctl.locks import held
+    from cifarctl.models.spec import canonical_spec
+    from cifarctl.run.group import SUMMARY, read_group
+
+    groups = []
+    for folder in group_folders(model):
+        try:
+            modified = datetime.fromtimestamp((folder / SUMMARY).stat().st_mtime)
+            record = read_group(folder)
+        except CifarctlError:
+            groups.append(GroupInfo(folder.parent.name, folder, 0, 0, None, None, None, "damaged", modified))
+            continue
+        except OSError:  # removed while listing
+            continue
+        if model is not None and record.model != canonical_spec(model):
+            continue
+        summary = record.summary or {}
+        state = "stopped" if record.state == "running" and not held(folder) else record.state
+        groups.append(GroupInfo(record.model, folder, len(record.runs), len(record.seeds), summary.get("mean"),
+                                summary.get("std"), summary.get("ci95"), state, modified))
+    return sorted(groups, key=lambda g: g.modified)
