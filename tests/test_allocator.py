@@ -164,7 +164,7 @@ def test_the_budget_times_its_members_with_the_setting_training_will_use(monkeyp
 
     def probe(cfg: TrainConfig) -> choice.Probe:
         timed.append(cfg.keep_memory)
-        return choice.Probe(1e-3 * cfg.batch_size, cfg.batch_size, {0: 1.0, 1: 2.0, 2: 6.0})
+        return choice.Probe(1e-3 * cfg.batch_size, cfg.batch_size, {0: 1.0, 1: 2.0, 2: 6.0, "selective": 2.5})
 
     cpu = torch.device("cpu")
     for keep in (None, False):

@@ -66,9 +66,11 @@ def test_a_budget_too_short_says_how_long_to_give() -> None:
 
 
 def test_tta_stays_unless_it_would_eat_a_quarter_of_the_budget() -> None:
-    per_batch = {0: 1.0, 1: 2.2, 2: 7.0}          # seconds per evaluation batch at each level
+    per_batch = {0: 1.0, 1: 2.2, 2: 7.0, "selective": 2.75}  # seconds per evaluation batch at each level
     assert choose_tta(2, per_batch, 20, 1000) == (2, "")                  # 140 s of 1000: kept
     level, note = choose_tta(2, per_batch, 20, 300)                       # 140 s of 300: too much
+    assert level == "selective" and "level selective (55 s)" in note      # level 2 for the unsure quarter
+    level, note = choose_tta(2, {**per_batch, "selective": 4.0}, 20, 300)  # 80 s of 300: too much as well
     assert level == 1 and "level 1 (44 s)" in note
     assert choose_tta(2, per_batch, 20, 60)[0] == 0                       # not even level 1 fits: 0
     assert choose_tta(0, per_batch, 20, 10) == (0, "")

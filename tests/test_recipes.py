@@ -14,7 +14,7 @@ from cifarctl.engine import TrainConfig, evaluate, load_checkpoint, train
 from cifarctl.run.config import recipe_summary
 from cifarctl.training.lookahead import Lookahead
 from cifarctl.evaluation import tta_logits
-from cifarctl.training.schedule import build_optimizer, build_scheduler, parameter_groups
+from cifarctl.training.schedule import build_optimizer, build_scheduler, parameter_groups, schedule_steps
 from cifarctl.training.build import validation_split
 from cifarctl.training.trainer import Trainer
 from cifarctl.errors import UsageError
@@ -194,7 +194,7 @@ def _lrs(cfg: TrainConfig, steps_per_epoch: int, model: torch.nn.Module | None =
     opt = build_optimizer(cfg, model or torch.nn.Linear(2, 2))
     sched = build_scheduler(cfg, opt, steps_per_epoch)
     out = []
-    for _ in range(cfg.epochs * steps_per_epoch):
+    for _ in range(schedule_steps(cfg, steps_per_epoch)):
         out.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
@@ -299,7 +299,7 @@ def test_train_evaluates_in_fp32_by_default(tmp_path: Path) -> None:
 def test_models_carry_named_recipes_and_the_first_is_the_default() -> None:
     from cifarctl.models import model_card
 
-    assert [r.name for r in model_card("airbench94").recipes] == ["paper", "muon"]
+    assert [r.name for r in model_card("airbench94").recipes] == ["paper", "muon", "record"]
     assert [r.name for r in model_card("vgg16").recipes] == ["course"]
     assert TrainConfig.for_model("airbench94").recipe == "paper"
     assert TrainConfig.for_model("resnet50").recipe == "course"
@@ -393,7 +393,7 @@ def test_cli_recipe_flag_and_models_listing(cached, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--recipe cannot change" in result.output
     listing = json.loads(CliRunner().invoke(app, ["models", "--json"]).output)
     airbench = next(m for m in listing if m["name"] == "airbench94")
-    assert [r["name"] for r in airbench["recipes"]] == ["paper", "muon"]
+    assert [r["name"] for r in airbench["recipes"]] == ["paper", "muon", "record"]
     assert "muon lr 0.24" in airbench["recipes"][1]["summary"]
 
 
@@ -436,7 +436,7 @@ def _first_group_lrs(cfg: TrainConfig) -> tuple[list[float], float, int]:
     peak = opt.param_groups[0]["lr"]
     sched = build_scheduler(cfg, opt, steps_per_epoch)
     lrs = []
-    for _ in range(cfg.epochs * steps_per_epoch):
+    for _ in range(schedule_steps(cfg, steps_per_epoch)):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()

@@ -347,6 +347,20 @@ def test_a_crafted_run_folder_makes_nothing_import(tmp_path: Path, monkeypatch: 
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
     assert not marker.exists()
+    # A group of seeds whose summary.json names the module: data too.
+    from cifarctl.run.group import GroupRecord, write_group
+    from cifarctl.training.seeds import resume_group
+
+    group = tmp_path / "group"
+    write_group(group, GroupRecord("evilmod:make", {**load_checkpoint(good / "last.pt")["config"],
+                                                    "model": "evilmod:make"}, [0, 1]))
+    with pytest.raises(UsageError, match="cifarctl runs no code because a run folder names it"):
+        resume_group(group, data)
+    for args, code in ((["train", spec, "--resume", str(group), "--data", "fake"], 2),
+                       (["runs", str(group), "--json"], 0), (["runs", "--json"], 0)):
+        result = runner.invoke(app, args)
+        assert result.exit_code == code, (args, result.output)
+    assert not marker.exists()
     # The one way in: the user names the code. Then it is theirs to run (here it does not fit the weights).
     with pytest.raises(CheckpointError, match="cannot be resumed"):
         resume(crafted, data, model_spec="evilmod:make")

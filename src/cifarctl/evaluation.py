@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from cifarctl.models import is_model
 from cifarctl.models.spec import ModelSource, build_model
 from cifarctl.progress import NullProgress, Progress
 from cifarctl.run.checkpoint import load_checkpoint, load_weights
-from cifarctl.run.config import TrainConfig
+from cifarctl.run.config import SELECTIVE, TrainConfig
 
 
 @dataclass
@@ -55,6 +55,9 @@ class EvalResult:
                 "confusion": self.confusion, **self.extra}
 
 
+DEFAULT_TTA_FRACTION = 0.25  # selective TTA looks twice at this share of the test images (the record's)
+
+
 def tta_logits(model: nn.Module, x: torch.Tensor, level: int = 0) -> torch.Tensor:
     """Logits of ``x`` averaged over test-time augmentations (airbench's scheme).
 
@@ -76,11 +79,25 @@ def tta_logits(model: nn.Module, x: torch.Tensor, level: int = 0) -> torch.Tenso
     return 0.5 * logits + 0.25 * (mirrored(shifted[0]) + mirrored(shifted[1]))
 
 
+def levels_upto(tta: int | str) -> tuple[int | str, ...]:
+    """The TTA levels a final evaluation may use when the recipe asks for ``tta``, cheapest first: level 2's
+    recipe may also take the selective one, which looks twice only where the model is unsure."""
+    return {0: (0,), 1: (0, 1), SELECTIVE: (0, 1, SELECTIVE), 2: (0, 1, SELECTIVE, 2)}[tta]
+
+
+def tta_views(tta: int | str, fraction: float = DEFAULT_TTA_FRACTION) -> float:
+    """Forward passes per test image at ``tta``: 1, 2 and 6; selective, 1 and 6 for ``fraction`` of them."""
+    return 1 + 6 * fraction if tta == SELECTIVE else {0: 1, 1: 2, 2: 6}[tta]  # type: ignore[index]
+
+
 def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10, amp: bool = False,
-                   progress: Progress | None = None, classes: tuple[str, ...] = CLASSES, tta: int = 0) -> EvalResult:
+                   progress: Progress | None = None, classes: tuple[str, ...] = CLASSES, tta: int | str = 0,
+                   tta_fraction: float = DEFAULT_TTA_FRACTION) -> EvalResult:
     """Run ``model`` over ``loader`` under ``inference_mode``; the model's train/eval mode is restored.
 
-    fp32 unless ``amp``; ``tta`` is the test-time augmentation level (see ``tta_logits``).
+    fp32 unless ``amp``; ``tta`` is the test-time augmentation level (see ``tta_logits``), or ``selective``:
+    every image once, then level 2 for the ``tta_fraction`` of them the model is least sure of (the lowest
+    top softmax probability), as the current CIFAR-10 record evaluates. At a fraction of 1 that is level 2.
     """
     progress = progress or NullProgress()
     device = loader.device
@@ -89,14 +106,16 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     loss_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)  # per true class
     was_training = model.training
     model.eval()
-    progress.start("evaluating", loader.num_samples, "images")
+    progress.start("evaluating", round(loader.num_samples * (1 + (tta_fraction if tta == SELECTIVE else 0))), "images")
     try:
         with torch.inference_mode(), torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
-            for x, y in loader.epoch(0):
-                logits = tta_logits(model, x, tta)
+            batches = (_selective(model, loader, tta_fraction, progress) if tta == SELECTIVE else
+                       ((tta_logits(model, x, tta), y) for x, y in loader.epoch(0)))  # type: ignore[arg-type]
+            for logits, y in batches:
                 loss_sum += torch.bincount(y, F.cross_entropy(logits, y, reduction="none").double(), num_classes)
                 confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
-                progress.advance(len(y))
+                if tta != SELECTIVE:
+                    progress.advance(len(y))
     finally:
         model.train(was_training)
         progress.finish()
@@ -111,7 +130,32 @@ def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10
     result = EvalResult(accuracy, loss_sum.sum().item() / max(images, 1), images, matrix.tolist(), classes=classes,
                         class_loss=class_loss.tolist())
     result.extra = {"tta": bool(tta), "tta_level": tta, "amp": cast is not None}
+    if tta == SELECTIVE:
+        result.extra["tta_fraction"] = tta_fraction
     return result
+
+
+def _selective(model: nn.Module, loader: DeviceLoader, fraction: float,
+               progress: Progress) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Selective TTA's logits, batch by batch as ``loader`` gives them: one plain pass over every image, then
+    level 2 for the ``fraction`` least confident (this rank's share), in the order of the loader."""
+    plain, labels = [], []
+    for x, y in loader.epoch(0):
+        plain.append(model(x).float())
+        labels.append(y)
+        progress.advance(len(y))
+    logits = torch.cat(plain)
+    confidence = logits.softmax(1).max(1).values
+    unsure = torch.topk(confidence, round(fraction * len(logits)), largest=False).indices.sort().values
+    positions = torch.arange(loader.rank, len(loader.labels), loader.world_size, device=logits.device)
+    looked_at = []
+    for x, _ in loader.subset(positions[unsure]):
+        looked_at.append(tta_logits(model, x, 2))
+        progress.advance(len(x))
+    if looked_at:
+        logits[unsure] = torch.cat(looked_at)
+    sizes = [len(y) for y in labels]
+    yield from zip(logits.split(sizes), labels)
 
 
 @dataclass
@@ -145,7 +189,8 @@ def load_model(model_name: str, checkpoint: Path | str, num_classes: int | None 
 
 
 def evaluate(model_name: str, checkpoint: Path | str, data: CIFAR10, device: str = "auto", batch_size: int = 100,
-             amp: bool = False, progress: Progress | None = None, tta: int | None = None,
+             amp: bool = False, progress: Progress | None = None, tta: int | str | None = None,
+             tta_fraction: float | None = None,
              model_kwargs: dict[str, Any] | None = None, num_classes: int | None = None) -> EvalResult:
     """Load ``checkpoint`` (cifarctl's or a raw state_dict) into ``model_name`` and evaluate on the test split.
 
@@ -153,7 +198,8 @@ def evaluate(model_name: str, checkpoint: Path | str, data: CIFAR10, device: str
     ``model_kwargs`` (default: those its run recorded). fp32 by default, so a checkpoint scores what the
     course's own loop gives; ``amp=True`` trades that exactness for speed (bf16 on CUDA and on CPUs with
     native bf16). Inputs are normalised as the checkpoint's run was trained (its config), else with the
-    model's default constants. ``tta`` averages logits over flips (1) and shifts (2); None: the level the
+    model's default constants. ``tta`` averages logits over flips (1) and shifts (2), or ``selective`` (level 2
+    for the ``tta_fraction`` least confident images; None: the run's fraction, else 25%); None: the level the
     run was trained to report (its config, else the model's recipe: 0 for the course models).
     Usage: ``evaluate("vgg16", "vgg16_250.pt", load_cifar10())``
     """
@@ -166,7 +212,9 @@ def evaluate(model_name: str, checkpoint: Path | str, data: CIFAR10, device: str
     loader = DeviceLoader(data.test_images, data.test_labels, batch_size, dev, train=False,
                           channels_last=channels_last, mean=trained["mean"], std=trained["std"])
     result = evaluate_model(model, loader, len(data.classes), amp=amp, progress=progress, classes=data.classes,
-                            tta=trained["tta"] if tta is None else tta)
+                            tta=trained["tta"] if tta is None else tta,
+                            tta_fraction=trained.get("tta_fraction", DEFAULT_TTA_FRACTION) if tta_fraction is None
+                            else tta_fraction)
     result.model, result.checkpoint = model_name, str(checkpoint)
     result.extra.update(device=str(dev), epoch=state.get("epoch"), global_step=state.get("global_step"))
     return result

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cifarctl.cli.options import (BatchSize, Ckpt, DataChoice, Device, Json, ModelArg, ModelKwargs, NumClasses, Offline,
-                                  Verify, checkpoint_path)
+                                  TtaFraction, Verify, checkpoint_path)
 from cifarctl.cli.options import model_kwargs as parse_kwargs
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, noted_warnings, out_console, print_json
 
@@ -29,7 +29,8 @@ def evaluate(
     offline: Offline = False,
     verify: Verify = False,
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (bf16): faster, may differ from fp32 by a few predictions; a departure from the course's fp32 loop.")] = False,
-    tta: Annotated[Optional[int], typer.Option("--tta", min=0, max=2, help="Test-time augmentation: 0 off, 1 average over flips, 2 over flips and 1-pixel shifts. Default: what the checkpoint's run used (the model's recipe).")] = None,
+    tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation: 0 off, 1 average over flips, 2 over flips and 1-pixel shifts, selective (level 2 for the least confident images only). Default: what the checkpoint's run used (the model's recipe).")] = None,
+    tta_fraction: TtaFraction = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the confusion matrix into this PNG file.")] = None,
     json_output: Json = False,
 ) -> None:
@@ -50,6 +51,7 @@ def evaluate(
     from cifarctl.device import describe_device, resolve_device
     from cifarctl.evaluation import evaluate as run_evaluation
     from cifarctl.models.spec import check_spec
+    from cifarctl.run.config import parse_tta
 
     check_spec(model)  # an unknown name fails here, before any data is loaded
     kwargs = parse_kwargs(model_kwargs)
@@ -59,7 +61,8 @@ def evaluate(
     err.print(f"evaluating {model} from {path} on {describe_device(chosen)}")
     with noted_warnings(err):
         result = run_evaluation(model, path, dataset, device=device, batch_size=batch_size or 100, amp=amp,
-                                progress=RichProgress(err), tta=tta, model_kwargs=kwargs, num_classes=num_classes)
+                                progress=RichProgress(err), tta=parse_tta(tta), tta_fraction=tta_fraction,
+                                model_kwargs=kwargs, num_classes=num_classes)
     if plot is not None:
         from cifarctl.plots import plot_confusion
 

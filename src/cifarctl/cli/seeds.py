@@ -29,6 +29,7 @@ class GroupCommand:
         from cifarctl.training import TrainingInterrupted
         from cifarctl.cli.train import stop_on_signals
 
+        self.command.check_extras()
         stop, received = threading.Event(), []
         try:
             with stop_on_signals(stop, received):

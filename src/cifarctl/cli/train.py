@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 import typer
 from rich.console import Console
 
-from cifarctl.cli.options import (NEWEST, Device, Json, ModelArg, ModelKwargs, NumClasses, Offline, OutDir, Verify,
-                                  in_panel)
+from cifarctl.cli.options import (NEWEST, Device, Json, ModelArg, ModelKwargs, NumClasses, Offline, OutDir, TtaFraction,
+                                  Verify, in_panel, numbers)
 from cifarctl.cli.options import model_kwargs as parse_kwargs
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, out_console, print_json
 
@@ -53,7 +53,7 @@ P_EVALUATION, P_RUN, P_SPEED, P_SEEDS = "Evaluation", "Run and output", "Speed",
 @handle_errors
 def train(
     model: ModelArg,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help=f"Epochs to train (total, for a resumed run). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", "-e", min=0.0, help=f"Epochs to train (total, for a resumed run; a fraction ends at its step). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=f"Images per step (global under torchrun). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
     micro_batch: Annotated[Optional[int], typer.Option("--micro-batch", min=1, help=f"Images run forward and backward at once: a larger batch is split into equal chunks with one optimizer step (BatchNorm sees each chunk). {RECIPE}", rich_help_panel=P_SPEED)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate, in --lr-units. {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
@@ -80,9 +80,11 @@ def train(
     label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="Cross-entropy label smoothing.", rich_help_panel=P_SCHEDULE)] = None,
     translate: Annotated[Optional[int], typer.Option("--translate", min=0, help="Random shifts of up to N pixels (crop of a padded image); 0: none.", rich_help_panel=P_AUGMENTATION)] = None,
     flip: Annotated[Optional[str], typer.Option("--flip", help="random, alternate (each image flipped every other epoch) or none.", rich_help_panel=P_AUGMENTATION)] = None,
+    color_jitter: Annotated[Optional[str], typer.Option("--color-jitter", help=f"BRIGHTNESS,CONTRAST: each image shifted by up to +-BRIGHTNESS and its contrast scaled by up to 1+-CONTRAST (normalised units), drawn per image and epoch; 0,0: none (the record recipe's 0.1399,0.1308). {RECIPE}", rich_help_panel=P_AUGMENTATION)] = None,
     ema: Annotated[Flag, typer.Option("--ema/--no-ema", help="Lookahead: an average of the weights, copied back every 5 steps.", rich_help_panel=P_SCHEDULE)] = None,
     init_from_data: Annotated[Flag, typer.Option("--init-from-data/--no-init-from-data", "--whiten/--no-whiten", help="Set the model up from a sample of the training images before the first step (its init_from_data hook: airbench94's whitening stem; --whiten is the same).", rich_help_panel=P_AUGMENTATION)] = None,
-    tta: Annotated[Optional[int], typer.Option("--tta", min=0, max=2, help="Test-time augmentation of the final evaluation: 0 off, 1 flip, 2 flip and shift.", rich_help_panel=P_EVALUATION)] = None,
+    tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation of the final evaluation: 0 off, 1 flip, 2 flip and shift, selective (every image once, level 2 for the least confident).", rich_help_panel=P_EVALUATION)] = None,
+    tta_fraction: in_panel(TtaFraction, P_EVALUATION) = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=0, help=f"Evaluate every N epochs as well as at the end, on the test split (or --val-split's images); 0: only at the end. {RECIPE}", rich_help_panel=P_EVALUATION)] = None,
     val_split: Annotated[Optional[int], typer.Option("--val-split", min=0, help="Hold out N training images (stratified) to choose best.pt; the test set is scored once, at the end.", rich_help_panel=P_EVALUATION)] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", min=1, help="Checkpoint every N steps (default: every 3 minutes) and at each epoch end.", rich_help_panel=P_RUN)] = None,
@@ -132,13 +134,15 @@ def train(
     """
     # torch loads here, not at start-up, so `--help` and completion answer at once.
     import cifarctl.cli
+    from cifarctl.run.config import parse_tta
     from cifarctl.training.budget import parse_duration
 
     settings = dict(
         epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, head_lr=head_lr, optimizer=optimizer,
         momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, norm_weight_decay=norm_weight_decay,
         lr_units=lr_units, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-        translate=translate, flip=flip, ema=ema, init_from_data=init_from_data, tta=tta, eval_every=eval_every,
+        translate=translate, flip=flip, ema=ema, init_from_data=init_from_data, tta=parse_tta(tta),
+        tta_fraction=tta_fraction, color_jitter=numbers(color_jitter, 2, "--color-jitter"), eval_every=eval_every,
         val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp, tensorboard=tensorboard,
         channels_last=channels_last, keep_memory=keep_memory, compile=compile_model, sync_bn=sync_bn,
         max_steps=max_steps, save_every=save_every, log_every=log_every, device=device if device != "auto" else None,
@@ -176,7 +180,8 @@ class TrainCommand:
 
         return self.resume is not None and self.resume != NEWEST and is_group(Path(self.resume).expanduser())
 
-    def run(self) -> None:
+    def check_extras(self) -> None:
+        """--plot and --tensorboard need their packages: said before anything trains."""
         if self.plot:
             from cifarctl.plots import require_plotting
 
@@ -185,6 +190,9 @@ class TrainCommand:
             from cifarctl.run.log import require_tensorboard
 
             require_tensorboard()
+
+    def run(self) -> None:
+        self.check_extras()
         request = self.request()
         result = self.train(request)
         if self.is_main:

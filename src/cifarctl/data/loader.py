@@ -91,17 +91,21 @@ class DeviceLoader:
     ``images`` are uint8 ``[N, 32, 32, 3]`` (HWC, as stored); ``train=True`` shuffles and
     augments: a crop padded by ``translate`` pixels (``pad_mode`` zeros or reflect) and a flip
     (``flip`` random, alternate or none). ``rank``/``world_size`` give each process a disjoint
-    shard of every epoch.
+    shard of every epoch. ``color_jitter``: ``(brightness, contrast)`` ranges, each image shifted by
+    ``b`` and scaled by ``1 + c`` after normalisation, ``b`` and ``c`` drawn per image and epoch (the
+    current CIFAR-10 record's augmentation). ``drop_last``: an epoch ends before a last, smaller batch.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device | str,
                  train: bool, seed: int = 0, augment: bool = True, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1,
                  mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD, translate: int = PAD,
-                 pad_mode: str = "zeros", flip: str = "random") -> None:
+                 pad_mode: str = "zeros", flip: str = "random", color_jitter: tuple[float, float] = (0.0, 0.0),
+                 drop_last: bool = False) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.translate, self.pad_mode, self.flip = translate, pad_mode, flip
+        self.color_jitter, self.drop_last = tuple(color_jitter), drop_last and train
         self.mean, self.std = tuple(mean), tuple(std)
         self.device = torch.device(device)
         self.images = images.permute(0, 3, 1, 2).contiguous().to(self.device)  # NCHW uint8
@@ -123,10 +127,11 @@ class DeviceLoader:
         return n // self.world_size if self.train else len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        batches = self.num_samples / self.batch_size
+        return max(math.floor(batches), 1) if self.drop_last else math.ceil(batches)
 
     def _epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This rank's sample order and per-sample (dx, dy, flip) for ``epoch``."""
+        """This rank's sample order and per-sample (dx, dy, flip[, brightness, contrast]) for ``epoch``."""
         n = len(self.labels)
         if not self.train:
             return torch.arange(self.rank, n, self.world_size), None
@@ -143,6 +148,9 @@ class DeviceLoader:
             aug[2] = base[order] ^ (epoch % 2)
         elif self.flip == "none":
             aug[2] = 0
+        if any(self.color_jitter):  # drawn after the rest, so runs without it keep every draw they had
+            jitter = torch.rand(2, n, generator=gen) * 2 - 1
+            aug = torch.cat([aug.float(), jitter * torch.tensor(self.color_jitter)[:, None]])
         # Every rank draws the same global plan and takes its own stride of it: disjoint shards.
         take = slice(self.rank, self.num_samples * self.world_size, self.world_size)
         return order[take], aug[:, take]
@@ -159,6 +167,19 @@ class DeviceLoader:
             index = order[sl]
             batch = self.images[index]
             if self.augment and aug is not None:
-                batch = augment_batch(batch, aug[0, sl], aug[1, sl], aug[2, sl].bool(), self.translate, self.pad_mode)
-            x = _normalize(batch, self._mean, self._std, self.dtype).contiguous(memory_format=memory_format)
-            yield x, self.labels[index]
+                batch = augment_batch(batch, aug[0, sl].long(), aug[1, sl].long(), aug[2, sl].bool(), self.translate,
+                                      self.pad_mode)
+            x = _normalize(batch, self._mean, self._std, self.dtype)
+            if self.augment and aug is not None and len(aug) > 3:  # brightness, then contrast: (x + b) * (1 + c)
+                x = (x + aug[3, sl, None, None, None].to(x.dtype)) * (1 + aug[4, sl, None, None, None].to(x.dtype))
+            yield x.contiguous(memory_format=memory_format), self.labels[index]
+
+    def subset(self, indices: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(inputs, labels)`` of the images at ``indices`` (of this split, in that order), in batches of
+        ``batch_size``, unaugmented: a second look at some of the test images (selective TTA)."""
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        indices = indices.to(self.device)
+        for start in range(0, len(indices), self.batch_size):
+            index = indices[start:start + self.batch_size]
+            x = _normalize(self.images[index], self._mean, self._std, self.dtype)
+            yield x.contiguous(memory_format=memory_format), self.labels[index]

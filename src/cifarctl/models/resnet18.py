@@ -13,7 +13,7 @@ from cifarctl.models.registry import SGD_ONECYCLE_RECIPE, Recipe, register_model
 
 @register_model(recipes=[Recipe("onecycle", SGD_ONECYCLE_RECIPE,
                                 reference="93.02% after 200 epochs (kuangliu/pytorch-cifar ResNet18); measured "
-                                          "here: 54.21% after --epochs 1 (at the earlier lr 0.4) on a CPU, JPEG copy "
+                                          "here: 54.21% after --epochs 1 (n=1, at the earlier lr 0.4) on a CPU, JPEG copy "
                                           "(docs/accuracy.md); "
                                           "its 40 epochs unmeasured")])
 def resnet18(num_classes: int = 10) -> nn.Module:

@@ -68,7 +68,7 @@ class VGGBN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-@register_model(recipes=[Recipe("course", reference="86.12% after 250 + 1 epochs (the course's checkpoint, as the "
+@register_model(recipes=[Recipe("course", reference="86.12% after 250 + 1 epochs (the course's checkpoint, n=1, as the "
                                                     "seed reports it)", summary="the course's recipe")])
 def vgg16(num_classes: int = 10) -> nn.Module:
     """VGG-16 (13 conv + BN head), 14,983,498 parameters; loads the course's vgg16 checkpoints."""
@@ -77,7 +77,7 @@ def vgg16(num_classes: int = 10) -> nn.Module:
 
 @register_model(recipes=[Recipe("onecycle", SGD_ONECYCLE_RECIPE,
                                 reference="92.64% after 200 epochs (kuangliu/pytorch-cifar VGG16); measured "
-                                          "here: 59.19% after --epochs 1, 79.12% after --epochs 3 on a CPU, JPEG "
+                                          "here: 59.19% after --epochs 1, 79.12% after --epochs 3 (n=1 each) on a CPU, JPEG "
                                           "copy (docs/accuracy.md); its 40 epochs unmeasured")])
 def vgg16_bn(num_classes: int = 10) -> nn.Module:
     """CIFAR VGG-16 with BatchNorm after every conv and a linear head, 14,728,266 parameters."""

@@ -18,6 +18,25 @@ LR_UNITS = ("torch", "per1024", "sum")
 FLIPS = ("random", "alternate", "none")
 PAD_MODES = ("zeros", "reflect")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05, "muon": 0.02}
+# Test-time augmentation: 0 none, 1 flip, 2 flip and 1-pixel shifts, "selective" level 2 for the least
+# confident images only (``cifarctl.evaluation``).
+SELECTIVE = "selective"
+TTA_LEVELS: tuple[int | str, ...] = (0, 1, 2, SELECTIVE)
+
+
+def parse_tta(text: str | int | None) -> int | str | None:
+    """``--tta``'s value: 0, 1, 2 or selective (None stays None). Usage: ``parse_tta("2") == 2``"""
+    from cifarctl.errors import UsageError
+
+    if text is None:
+        return None
+    value = str(text).strip().lower()
+    if value.isdigit() and int(value) in TTA_LEVELS:
+        return int(value)
+    if value == SELECTIVE:
+        return SELECTIVE
+    raise UsageError(f"--tta {text!r}: use 0 (off), 1 (flip), 2 (flip and shift) or selective (level 2 for the "
+                     "least confident images)")
 
 
 @dataclass
@@ -30,8 +49,9 @@ class TrainConfig:
 
     model: str                       # a registered name, or a spec: path/to/file.py:Name, module:name, torchvision:NAME
     recipe: str | None = None        # the model's recipe these values started from (`cifarctl models`)
-    epochs: int = 1
+    epochs: float = 1                # may be a fraction: the run ends at the step where it is reached
     batch_size: int = 100
+    drop_last: bool = False          # an epoch's last, smaller batch left out (its images come next epoch)
     # Images run forward and backward at once: a larger batch is split into equal chunks whose
     # gradients add up to the batch's (one optimizer step; BatchNorm sees each chunk). None: whole.
     micro_batch: int | None = None
@@ -42,6 +62,14 @@ class TrainConfig:
     # --optimizer muon: Muon (orthogonalised momentum) on conv filters with --lr, Nesterov SGD with
     # --momentum on everything else: the head at head_lr, biases at bias_lr (in lr_units; None: --lr).
     muon_momentum: float = 0.95
+    # Decoupled weight decay of Muon's filters, in lr_units ("sum": per example): each step multiplies
+    # them by 1 - lr * decay (* batch), lr the filters' lr of that step. 0: none (the Muon record's).
+    muon_weight_decay: float = 0.0
+    # Muon rescales its filter banks every start + int(rise * progress) steps (progress: the share of the
+    # schedule done): (1, 0) every step, the Muon record's; (2, 15) the current record's, rarer as it goes.
+    muon_renorm_every: tuple[int, int] = (1, 0)
+    # The quintic Newton-Schulz iteration's coefficients (a, b, c) of Muon's orthogonalisation.
+    ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
     # The peak lr of the classifier's weights (the model's final linear layer), in lr_units; None: --lr.
     head_lr: float | None = None
     # The peak lr of a model without normalisation layers (every layer then is like the classifier:
@@ -72,11 +100,17 @@ class TrainConfig:
     translate: int = 4               # random crop with this padding: shifts of up to N pixels
     pad_mode: str = "zeros"          # what the crop pads with: zeros (torchvision's RandomCrop) or reflect
     flip: str = "random"             # random per image and epoch, alternate (airbench: every other epoch), none
+    # Brightness shift and contrast scale, drawn per image and epoch on the normalised image: x + b, times
+    # 1 + c, with b and c uniform in +-color_jitter (the current record's 0.1399 and 0.1308). (0, 0): none.
+    color_jitter: tuple[float, float] = (0.0, 0.0)
     ema: bool = False                # airbench's lookahead: an EMA of the weights, copied back every 5 steps
     # Call the model's init_from_data hook with a sample of training images before a fresh run's first
     # step (airbench94 sets its whitening stem from their patch covariance); a model without it refuses.
     init_from_data: bool = False
-    tta: int = 0                     # test-time augmentation of the final evaluation: 0, 1 flip, 2 flip+shift
+    # Test-time augmentation of the final evaluation: 0, 1 (flip), 2 (flip and shift), or "selective": every
+    # image once, then level 2 for the tta_fraction least confident (the current record's).
+    tta: int | str = 0
+    tta_fraction: float = 0.25
     val_split: int = 0               # hold out N training images (stratified) for per-epoch eval and best.pt
     eval_every: int = 1              # epochs between evaluations; 0: only at the end (the end always is)
     mean: tuple[float, float, float] = MEAN
@@ -111,7 +145,9 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise UsageError(f"unknown {name.replace('_', ' ')} {getattr(self, name)!r}: "
                                  f"choose one of {', '.join(choices)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        if not self.epochs > 0:
+            raise UsageError("--epochs must be positive")
+        for name in ("batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("max_steps", "save_every", "schedule_steps", "micro_batch"):
@@ -121,8 +157,7 @@ class TrainConfig:
         for name in ("translate", "val_split", "eval_every", "min_ramp_steps"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
-        if self.tta not in (0, 1, 2):
-            raise UsageError("--tta must be 0 (off), 1 (flip) or 2 (flip and shift)")
+        self._check_augmentation_and_tta()
         if self.lr_units != "torch" and self.optimizer == "adam":
             raise UsageError(f"--lr-units {self.lr_units} is an SGD parameterisation: use --optimizer sgd or muon")
         if self.lr is None:
@@ -144,6 +179,24 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UsageError("--label-smoothing must be in [0, 1)")
         self.mean, self.std = tuple(self.mean), tuple(self.std)  # type: ignore[assignment]
+
+    def _check_augmentation_and_tta(self) -> None:
+        from cifarctl.errors import UsageError
+
+        self.color_jitter = tuple(float(v) for v in self.color_jitter)  # type: ignore[assignment]
+        self.muon_renorm_every = tuple(int(v) for v in self.muon_renorm_every)  # type: ignore[assignment]
+        self.ns_coefficients = tuple(float(v) for v in self.ns_coefficients)  # type: ignore[assignment]
+        if len(self.color_jitter) != 2 or min(self.color_jitter) < 0 or self.color_jitter[1] >= 1:
+            raise UsageError("--color-jitter takes BRIGHTNESS,CONTRAST: two ranges of 0 or more, the contrast's below 1")
+        if len(self.muon_renorm_every) != 2 or self.muon_renorm_every[0] < 1 or self.muon_renorm_every[1] < 0:
+            raise UsageError("muon_renorm_every takes (start, rise): every start + int(rise * progress) steps, start >= 1")
+        if self.tta not in TTA_LEVELS:
+            raise UsageError("--tta must be 0 (off), 1 (flip), 2 (flip and shift) or selective (level 2 for the "
+                             "least confident images)")
+        if not 0 < self.tta_fraction <= 1:
+            raise UsageError("--tta-fraction is the share of images looked at again: above 0, at most 1")
+        if self.muon_weight_decay < 0:
+            raise UsageError("--muon-weight-decay must not be negative")
 
     @classmethod
     def for_model(cls, model: str, recipe: str | None = None, **overrides: Any) -> TrainConfig:
@@ -202,7 +255,7 @@ def recipe_summary(values: dict[str, Any]) -> str:
     batch = f"batch {cfg.batch_size}"
     if cfg.micro_batch and cfg.micro_batch < cfg.batch_size:
         batch += f" in chunks of {cfg.micro_batch}"
-    parts = [first, batch, f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"]
+    parts = [first, batch, f"{cfg.epochs:g} epoch{'s' if cfg.epochs != 1 else ''}"]
     if cfg.lr_schedule != "none":
         parts.append(cfg.lr_schedule)
     if cfg.weight_decay:
@@ -212,6 +265,10 @@ def recipe_summary(values: dict[str, Any]) -> str:
     parts += [name for name, on in (("init from data", cfg.init_from_data), ("ema", cfg.ema)) if on]
     if cfg.flip == "alternate":
         parts.append("alternating flip")
-    if cfg.tta:
+    if any(cfg.color_jitter):
+        parts.append("brightness/contrast {:g}/{:g}".format(*cfg.color_jitter))
+    if cfg.tta == "selective":
+        parts.append(f"selective tta ({cfg.tta_fraction:.0%})")
+    elif cfg.tta:
         parts.append(f"tta {cfg.tta}")
     return ", ".join(parts)

@@ -20,6 +20,7 @@ from cifarctl.data.loader import normalize
 from cifarctl.device import resolve_device
 from cifarctl.errors import UsageError
 from cifarctl.evaluation import load_model, tta_logits
+from cifarctl.run.config import SELECTIVE
 
 SIZE = 32
 
@@ -34,7 +35,7 @@ class TrainedModel:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    tta: int                        # the test-time augmentation level its run reported with
+    tta: int                        # the TTA level its run reported with (selective: 2, each picture looked at again)
     device: torch.device
 
 
@@ -52,7 +53,7 @@ def load_trained(model_name: str, checkpoint: Path | str, device: str = "cpu",
     config = loaded.trained
     dev = resolve_device(device)
     return TrainedModel(model_name, loaded.model.to(dev).eval(), str(checkpoint), classes, tuple(config["mean"]),
-                        tuple(config["std"]), int(config["tta"]), dev)
+                        tuple(config["std"]), 2 if config["tta"] == SELECTIVE else int(config["tta"]), dev)
 
 
 # -- images ------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from cifarctl.device import autocast_dtype, sync_device
-from cifarctl.evaluation import tta_logits
+from cifarctl.evaluation import DEFAULT_TTA_FRACTION, levels_upto, tta_logits, tta_views
+from cifarctl.run.config import SELECTIVE
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh])")
@@ -38,7 +39,6 @@ CALIBRATION_MIN_S = 1.0      # on fast devices, keep timing steps until this lon
 CALIBRATION_MAX_STEPS = 50   # ... or this many
 CALIBRATION_SHARE = 0.05     # on slow machines, stop measuring once this share of the budget is spent
 EXTEND_SHARE = 0.02          # a run ahead of its plan by more than this share of its steps is lengthened
-TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each test-time augmentation level
 # Under a time budget the recipe's test-time augmentation stays unless its final evaluation would take
 # more than this share of the budget (on a 2-core AVX2 CPU, airbench94's level 2 takes 150 s).
 TTA_BUDGET_SHARE = 0.25
@@ -89,7 +89,7 @@ class BudgetPlan:
     steps: int
     steps_per_epoch: int
     evaluations: int             # per-epoch evaluations before the final one
-    tta: int = 0                 # the test-time augmentation of the final evaluation
+    tta: int | str = 0           # the test-time augmentation of the final evaluation
     note: str = ""               # what the budget changed besides the length (the TTA level)
     measured_steps: int = 0      # steps taken (at the schedule's first lr) while measuring, part of ``steps``
     eval_every: int = 0          # epochs between the per-epoch evaluations (0: none)
@@ -142,10 +142,10 @@ def reserve_for(budget_s: float) -> float:
     return RESERVE_S + RESERVE_FRACTION * budget_s
 
 
-def tta_preference(accuracy: float, tta: int) -> tuple[float, int]:
+def tta_preference(accuracy: float, tta: int | str) -> tuple[float, float]:
     """How plans at several TTA levels rank: the highest predicted accuracy, and at equal predictions (to
-    1e-6 of a point) the lower level, which costs less. Usage: ``max(options, key=lambda p: tta_preference(...))``"""
-    return round(accuracy, 6), -tta
+    1e-6 of a point) the level of fewer views, which costs less. Usage: ``max(options, key=lambda p: tta_preference(...))``"""
+    return round(accuracy, 6), -tta_views(tta)
 
 
 def evaluations_before_end(steps: int, steps_per_epoch: int, eval_every: int) -> int:
@@ -206,13 +206,14 @@ class Stopwatch:
         return time.perf_counter() - self.started
 
 
-def choose_tta(level: int, batch_s: dict[int, float], batches: int, budget_s: float) -> tuple[int, str]:
+def choose_tta(level: int | str, batch_s: dict[int | str, float], batches: int,
+               budget_s: float) -> tuple[int | str, str]:
     """The test-time augmentation a time budget can afford: the recipe's ``level``, unless its final evaluation
-    would take more than ``TTA_BUDGET_SHARE`` of the budget; then the highest level that fits (at least 0).
+    would take more than ``TTA_BUDGET_SHARE`` of the budget; then the dearest level that fits (at least 0).
 
     Returns the level and a note for the user ("" when the recipe's level stays).
     """
-    affordable = [lv for lv in range(level, -1, -1) if batch_s[lv] * batches <= TTA_BUDGET_SHARE * budget_s]
+    affordable = [lv for lv in reversed(levels_upto(level)) if batch_s[lv] * batches <= TTA_BUDGET_SHARE * budget_s]
     chosen = affordable[0] if affordable else 0
     if chosen == level:
         return level, ""
@@ -220,10 +221,11 @@ def choose_tta(level: int, batch_s: dict[int, float], batches: int, budget_s: fl
                     f"the final evaluation uses level {chosen} ({batch_s[chosen] * batches:.0f} s) and training the rest")
 
 
-def choose_tta_by_frontier(plan_at: Callable[[int], BudgetPlan], level: int,
-                           accuracy: Callable[[float, int], float]) -> BudgetPlan:
-    """The plan, among TTA levels 0 to ``level``, whose predicted accuracy is highest: a level's evaluation
-    costs the steps its time would have trained, and the frontier says what those steps were worth.
+def choose_tta_by_frontier(plan_at: Callable[[int | str], BudgetPlan], level: int | str,
+                           accuracy: Callable[[float, int | str], float]) -> BudgetPlan:
+    """The plan, among the TTA levels up to ``level`` (``levels_upto``: selective among them where the recipe
+    asks for 2), whose predicted accuracy is highest: a level's evaluation costs the steps its time would
+    have trained, and the frontier says what those steps were worth.
 
     ``plan_at(tta)`` plans the run with that final level (a level that leaves no time to train is
     skipped); ``accuracy(epochs, tta)`` is the frontier's prediction. At equal predictions, the lower level.
@@ -232,7 +234,7 @@ def choose_tta_by_frontier(plan_at: Callable[[int], BudgetPlan], level: int,
 
     options: list[tuple[float, BudgetPlan]] = []
     failure: UsageError | None = None
-    for tta in range(level + 1):
+    for tta in levels_upto(level):
         try:
             plan = plan_at(tta)
         except UsageError as exc:
@@ -252,16 +254,19 @@ def choose_tta_by_frontier(plan_at: Callable[[int], BudgetPlan], level: int,
     return best
 
 
-def time_eval_levels(model: nn.Module, batch: torch.Tensor, tta: int, amp: bool) -> dict[int, float]:
+def time_eval_levels(model: nn.Module, batch: torch.Tensor, tta: int | str, amp: bool,
+                     fraction: float = DEFAULT_TTA_FRACTION) -> dict[int | str, float]:
     """Seconds per evaluation batch (``batch``, one of the test loader's) at each test-time augmentation level.
 
     Level 0 is timed on a whole batch, after a first pass that builds the kernels for its shape
-    (a 100-image sample underestimated a 500-image batch by 1.3x on a CPU). The run's own level
-    costs more than its views (its flips and shifts: level 2 is 6.9x level 0 on a CPU, not 6x),
-    so its ratio to level 0 is timed on 100 images; the level between is scaled by its views.
+    (a 100-image sample underestimated a 500-image batch by 1.3x on a CPU). The dearest level the run
+    may use costs more than its views (its flips and shifts: level 2 is 6.9x level 0 on a CPU, not 6x),
+    so its ratio to level 0 is timed on 100 images; a level between is scaled by its views, and the
+    selective level is level 0 plus level 2 for its ``fraction`` of the images.
     """
     device = batch.device
     cast = autocast_dtype(device, amp)
+    measured = 2 if tta == SELECTIVE else tta
 
     def timed(images: torch.Tensor, level: int) -> float:
         watch = Stopwatch(device)
@@ -278,15 +283,17 @@ def time_eval_levels(model: nn.Module, batch: torch.Tensor, tta: int, amp: bool)
             tta_logits(model, batch, 0)
             level0 = max(timed(batch, 0), timed(batch, 0))
             ratio = 1.0
-            if tta:
+            if measured:
                 sample = batch[:100]
                 tta_logits(model, sample, 0)
-                ratio = max(timed(sample, tta) / max(timed(sample, 0), 1e-9) for _ in range(2))
+                ratio = max(timed(sample, measured) / max(timed(sample, 0), 1e-9) for _ in range(2))
     finally:
         model.train(was_training)
-    per_view = level0 * ratio / TTA_VIEWS[tta]
-    return {level: level0 if level == 0 else level0 * ratio if level == tta else per_view * views
-            for level, views in TTA_VIEWS.items()}
+    per_view = level0 * ratio / tta_views(measured)
+    levels: dict[int | str, float] = {level: level0 if level == 0 else level0 * ratio if level == measured
+                                      else per_view * tta_views(level) for level in (0, 1, 2)}
+    levels[SELECTIVE] = level0 + fraction * levels[2]
+    return levels
 
 
 @dataclass(frozen=True)
@@ -298,7 +305,7 @@ class RunShape:
     val_batches: int | None      # with --val-split: the held-out images' batches (per-epoch evaluations)
     evaluate: bool
     eval_every: int
-    tta: int                     # the recipe's final test-time augmentation level
+    tta: int | str               # the recipe's final test-time augmentation level
 
 
 class TimeBudget:
@@ -354,7 +361,7 @@ class TimeBudget:
         timed = self.measured_steps - 1
         return self.watch.seconds() / timed if timed else self.first_step_s
 
-    def plan(self, step_s: float, level_s: dict[int, float], shape: RunShape, done_steps: int) -> BudgetPlan:
+    def plan(self, step_s: float, level_s: dict[int | str, float], shape: RunShape, done_steps: int) -> BudgetPlan:
         """The run's length and final TTA level, from the step time and each TTA level's seconds per batch.
 
         With a frontier for the run's model and recipe (``accuracy``), the level is the one whose predicted
@@ -366,7 +373,7 @@ class TimeBudget:
         if self.phases is not None:  # measured in the first phase: later steps at the frontier's ratio to them
             phases = (math.ceil(self.phases[0] * shape.steps_per_epoch), self.phases[1])
 
-        def plan_at(tta: int) -> BudgetPlan:
+        def plan_at(tta: int | str) -> BudgetPlan:
             per_epoch = shape.val_batches if shape.val_batches is not None else shape.test_batches
             eval_s = level_s[0] * per_epoch if shape.evaluate and shape.eval_every else 0.0
             final_eval_s = level_s[tta] * shape.test_batches
@@ -377,7 +384,7 @@ class TimeBudget:
             plan.tta = tta
             return plan
 
-        if self.accuracy is not None and shape.tta > 0:
+        if self.accuracy is not None and shape.tta != 0:
             plan = choose_tta_by_frontier(plan_at, shape.tta, self.accuracy)
         else:
             tta, note = choose_tta(shape.tta, level_s, shape.test_batches, self.seconds)

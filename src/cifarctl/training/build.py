@@ -25,7 +25,7 @@ from cifarctl.run.checkpoint import load_checkpoint, load_weights
 from cifarctl.run.config import TrainConfig
 from cifarctl.trace.api import inspect_model
 from cifarctl.training.budget import TimeBudget
-from cifarctl.training.frontier import frontier_candidate
+from cifarctl.training.frontier import frontier_candidate, run_phases
 from cifarctl.training.lookahead import Lookahead
 from cifarctl.training.schedule import build_optimizer, build_scheduler, schedule_steps
 from cifarctl.training.step import StepRunner
@@ -160,8 +160,8 @@ def build_loaders(cfg: TrainConfig, data: CIFAR10, device: torch.device, dist: D
                            **norm, **shard)
         train_images, train_labels = train_images[keep], train_labels[keep]
     train = DeviceLoader(train_images, train_labels, per_rank_batch(cfg.batch_size, dist), device, train=True,
-                         seed=cfg.seed, translate=cfg.translate, pad_mode=cfg.pad_mode, flip=cfg.flip, **norm,
-                         **shard)
+                         seed=cfg.seed, translate=cfg.translate, pad_mode=cfg.pad_mode, flip=cfg.flip,
+                         color_jitter=cfg.color_jitter, drop_last=cfg.drop_last, **norm, **shard)
     test = DeviceLoader(data.test_images, data.test_labels, cfg.eval_batch_size, device, train=False, **norm,
                         **shard)
     return Loaders(train, test, val, train_images)
@@ -215,19 +215,19 @@ def build_run(cfg: TrainConfig, data: CIFAR10, device: torch.device, dist: DistI
     loaders = build_loaders(cfg, data, device, dist, built.channels_last)
     if fresh and cfg.init_from_data and not cfg.init_ckpt:
         init_from_data(built.model, cfg, loaders.train_images, device)
-    optimizer = build_optimizer(cfg, built.model)
-    if cfg.head_lr is not None and not any(g.get("name") == "head" for g in optimizer.param_groups):
-        notes.append(f"{display_name(cfg.model)} has no linear layer to take the classifier's lr (head lr "
-                     f"{cfg.head_lr:g}): all of it trains at lr {cfg.lr:g}")
-    peak_lrs = [group["lr"] for group in optimizer.param_groups]
     budget = None  # a time budget not yet fitted: the run measures its first steps (on the recipe's length meanwhile)
     if cfg.time_budget is not None and cfg.schedule_steps is None and fresh:
         known = frontier_candidate(cfg.model, cfg.recipe)
         budget = TimeBudget(cfg.time_budget, time.monotonic() if clock is None else clock, device,
                             distributed=dist.enabled, accuracy=known.accuracy if known else None,
-                            phases=known.phases if known else None)
-    if cfg.schedule_steps is None:
+                            phases=run_phases(cfg.model, cfg.recipe, cfg.choice))
+    if cfg.schedule_steps is None:  # fixed now: a resumed run keeps this schedule whatever --epochs says
         cfg.schedule_steps = schedule_steps(cfg, len(loaders.train))
+    optimizer = build_optimizer(cfg, built.model)
+    if cfg.head_lr is not None and not any(g.get("name") == "head" for g in optimizer.param_groups):
+        notes.append(f"{display_name(cfg.model)} has no linear layer to take the classifier's lr (head lr "
+                     f"{cfg.head_lr:g}): all of it trains at lr {cfg.lr:g}")
+    peak_lrs = [group["lr"] for group in optimizer.param_groups]
     scheduler = build_scheduler(cfg, optimizer, len(loaders.train))
     step = StepRunner(built.forward, optimizer, torch.amp.GradScaler(device.type) if needs_grad_scaler(cast) else None,
                       device.type, cast, cfg.label_smoothing, cfg.micro_batch)

@@ -23,6 +23,7 @@ measures its own steps and fits its schedule to them (``cifarctl.training.budget
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
@@ -34,6 +35,8 @@ from cifarctl.device import autocast_dtype, sync_device
 from cifarctl.errors import UsageError
 from cifarctl.models.registry import families
 from cifarctl.run.config import TrainConfig
+from cifarctl.evaluation import levels_upto
+from cifarctl.run.config import SELECTIVE
 from cifarctl.training.budget import format_duration, reserve_for, time_eval_levels, tta_preference
 from cifarctl.training.frontier import Candidate, Frontier, shipped_frontier
 
@@ -49,22 +52,28 @@ class Probe:
 
     step_s: float                    # one optimizer step, after one untimed step
     batch: int
-    eval_s: dict[int, float]         # the whole test set's evaluation at each TTA level
+    eval_s: dict[int | str, float]   # the whole test set's evaluation at each TTA level
     seconds: float = 0.0             # what probing it took
+    later_cost: float | None = None  # a step after the early epochs over one in them, timed (None: not)
 
     @property
     def s_per_image(self) -> float:
         return self.step_s / self.batch
 
 
-def probe_candidate(cfg: TrainConfig, device: torch.device, test_images: int = TEST_IMAGES) -> Probe:
+def probe_candidate(cfg: TrainConfig, device: torch.device, test_images: int = TEST_IMAGES,
+                    later_epoch: int | None = None) -> Probe:
     """Time ``cfg``'s training step here as its run takes it, on random images, and its evaluation.
 
     The parts are the run's own (``build_run``), so batch, chunks, optimizer, lookahead, augmentation,
-    precision and memory format are the run's; the caller keeps freed memory as the run will.
+    precision and memory format are the run's; the caller keeps freed memory as the run will. With
+    ``later_epoch``, a step of that epoch is timed too, after the model's ``on_epoch_start`` hook for it
+    (what its early epochs train, it may stop: its later steps cost less, by a ratio that differs from
+    one CPU to another: 0.72 on a Zen 4 in bf16, 0.83 on a Zen 3 in fp32, for airbench94's quarter).
     """
     from cifarctl.data.cifar10 import fake_cifar10
     from cifarctl.distributed import DistInfo
+    from cifarctl.models.hooks import call_hook, read_only
     from cifarctl.training.build import build_run
 
     started = time.perf_counter()
@@ -73,23 +82,26 @@ def probe_candidate(cfg: TrainConfig, device: torch.device, test_images: int = T
                           DistInfo(), fresh=False)
         total = cfg.schedule_steps or 1
 
-        def step(index: int) -> None:
+        def timed_step(index: int) -> float:
+            watch = time.perf_counter()
             x, y = next(iter(parts.loaders.train.epoch(index)))
             parts.step(x, y)
             if parts.lookahead is not None:
                 parts.lookahead.step(parts.built.model, index + 1, total)
+            sync_device(device)
+            return time.perf_counter() - watch
 
-        step(0)  # builds kernels, and takes the memory the next steps reuse
-        sync_device(device)
-        timed = time.perf_counter()
-        step(1)
-        sync_device(device)
-        step_s = time.perf_counter() - timed
+        call_hook(parts.built.model, "on_epoch_start", 0, read_only(cfg.to_dict()))
+        timed_step(0)  # builds kernels, and takes the memory the next steps reuse
+        step_s, later_cost = timed_step(1), None
+        if later_epoch is not None:
+            call_hook(parts.built.model, "on_epoch_start", later_epoch, read_only(cfg.to_dict()))
+            later_cost = timed_step(2) / step_s
         images = next(iter(parts.loaders.test.epoch(0)))[0]
-        per_batch = time_eval_levels(parts.built.model, images, cfg.tta, cfg.eval_amp)
+        per_batch = time_eval_levels(parts.built.model, images, cfg.tta, cfg.eval_amp, cfg.tta_fraction)
     batches = -(-test_images // cfg.eval_batch_size)
     return Probe(step_s, cfg.batch_size, {level: s * batches for level, s in per_batch.items()},
-                 time.perf_counter() - started)
+                 time.perf_counter() - started, later_cost)
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,7 @@ class Prediction:
 
     model: str
     recipe: str
-    tta: int
+    tta: int | str
     epochs: float
     accuracy: float
     train_s_per_image: float  # on this machine, in the early epochs
@@ -110,16 +122,17 @@ class Prediction:
 
 
 def predict(candidate: Candidate, probe: Probe, seconds_left: float, startup_s: float, train_images: int = 50_000,
-            max_tta: int = 2, timed: bool = True) -> Prediction:
-    """``candidate``'s best prediction over TTA levels up to ``max_tta`` in ``seconds_left``, at ``probe``'s speed.
+            max_tta: int | str = 2, timed: bool = True) -> Prediction:
+    """``candidate``'s best prediction over the TTA levels up to ``max_tta`` (``levels_upto``) in ``seconds_left``,
+    at ``probe``'s speed.
 
     ``startup_s``: the run's start-up after the choice (data, model; its first step costs about half a
     step more than the others). Usage: ``predict(shipped_frontier().candidates[0], probe, 280, 7.0)``
     """
     options = []
-    for level in range(max_tta + 1):
+    for level in levels_upto(max_tta):
         training = seconds_left - startup_s - 0.5 * probe.step_s - probe.eval_s[level]
-        epochs = candidate.epochs_in(training, probe.s_per_image, train_images)
+        epochs = candidate.epochs_in(training, probe.s_per_image, train_images, probe.later_cost)
         options.append(Prediction(candidate.model, candidate.recipe, level, epochs,
                                   candidate.accuracy(epochs, level), probe.s_per_image, probe.eval_s[level], timed))
     return max(options, key=lambda p: tta_preference(p.accuracy, p.tta))
@@ -130,7 +143,7 @@ def estimate(frontier: Frontier, candidate: Candidate, reference: Candidate, pro
     ``OPTIMISM`` (no member has been cheaper than that share of its ratio)."""
     ratio = OPTIMISM * (candidate.early_s_per_image or candidate.train_s_per_image) / \
         (reference.early_s_per_image or reference.train_s_per_image)
-    evals = frontier.eval_s_per_image
+    evals = {m: {**levels, SELECTIVE: levels[2]} for m, levels in frontier.eval_s_per_image.items()}
     return Probe(probe.step_s * ratio, probe.batch,
                  {level: s * OPTIMISM * evals[candidate.model][level] / evals[reference.model][level]
                   for level, s in probe.eval_s.items()})
@@ -183,34 +196,36 @@ def choose(family: str, budget_s: float, clock: float, device: torch.device, set
     if not candidates:
         raise UsageError(f"the frontier has no {family} candidate with recipe {', '.join(allowed or [])}: "
                          f"choose from {', '.join(sorted({c.recipe for c in frontier.candidates}))}")
-    timer = probe or (lambda cfg: probe_candidate(cfg, device))
-    max_tta = int(settings.get("tta", 2) if settings.get("tta") is not None else 2)
+    timer = probe or (lambda cfg: probe_candidate(cfg, device, later_epoch=_later_epoch(frontier, cfg)))
+    configs = {(c.model, c.recipe): TrainConfig.for_model(c.model, c.recipe, **settings) for c in candidates}
     cast = autocast_dtype(device, settings.get("amp", True) if settings.get("amp") is not None else True)
     probes: list[tuple[Candidate, Probe]] = []  # timed, cheapest member first
     best: Prediction | None = None
     with kept_memory(keeps_memory(device, cast, settings.get("keep_memory"))):  # as the runs will keep it
         for c in candidates:
             left = budget_s - (time.monotonic() - clock) - reserve_for(budget_s)
+            top = configs[c.model, c.recipe].tta  # the recipe's level, or the user's: its final evaluation's bound
             if best is not None:  # could it win at its most optimistic speed here?
-                hope = predict(c, estimate(frontier, c, *probes[-1]), left, frontier.startup_s, train_images, max_tta)
+                hope = predict(c, estimate(frontier, c, *probes[-1]), left, frontier.startup_s, train_images, top)
                 if hope.accuracy <= best.accuracy:
                     continue
-            probes.append((c, timer(TrainConfig.for_model(c.model, c.recipe, **settings))))
-            now = predict(c, probes[-1][1], left, frontier.startup_s, train_images, max_tta)
+            probes.append((c, timer(configs[c.model, c.recipe])))
+            now = predict(c, probes[-1][1], left, frontier.startup_s, train_images, top)
             best = now if best is None or now.accuracy > best.accuracy else best
-    return _decide(family, budget_s, clock, frontier, candidates, probes, train_images, max_tta)
+    return _decide(family, budget_s, clock, frontier, candidates, probes, train_images,
+                   {key: cfg.tta for key, cfg in configs.items()})
 
 
 def _decide(family: str, budget_s: float, clock: float, frontier: Frontier, candidates: list[Candidate],
-            probes: list[tuple[Candidate, Probe]], train_images: int, max_tta: int) -> Choice:
+            probes: list[tuple[Candidate, Probe]], train_images: int, tops: dict[tuple[str, str], int | str]) -> Choice:
     """Every candidate predicted in what is left now (untimed ones at their optimistic estimate), best first."""
     spent = time.monotonic() - clock
     left = budget_s - spent - reserve_for(budget_s)
     timed = {(c.model, c.recipe): probe for c, probe in probes}
-    ranked = [predict(c, timed[c.model, c.recipe], left, frontier.startup_s, train_images, max_tta)
+    ranked = [predict(c, timed[c.model, c.recipe], left, frontier.startup_s, train_images, tops[c.model, c.recipe])
               if (c.model, c.recipe) in timed else
-              predict(c, estimate(frontier, c, *probes[-1]), left, frontier.startup_s, train_images, max_tta,
-                      timed=False) for c in candidates]
+              predict(c, estimate(frontier, c, *probes[-1]), left, frontier.startup_s, train_images,
+                      tops[c.model, c.recipe], timed=False) for c in candidates]
     chosen = max((p for p in ranked if p.timed), key=lambda p: p.accuracy)
     if chosen.epochs <= 0:
         raise UsageError(f"a time budget of {format_duration(budget_s)} leaves no time to train any {family} "
@@ -220,6 +235,12 @@ def _decide(family: str, budget_s: float, clock: float, frontier: Frontier, cand
                                              "s_per_image": p.s_per_image} for c, p in probes}  # JSON's keys
     return Choice(family, budget_s, chosen, others, record, spent, sum(p.seconds for _, p in probes),
                   frontier.measured_on)
+
+
+def _later_epoch(frontier: Frontier, cfg: TrainConfig) -> int | None:
+    """The first epoch after a candidate's early ones (None: its epochs all cost the same)."""
+    known = frontier.candidate(cfg.model, cfg.recipe)
+    return math.ceil(known.early_epochs) if known is not None and known.phases is not None else None
 
 
 def chosen_settings(choice: Choice, settings: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,9 @@ from typing import Any
 from cifarctl.models.registry import family_of
 
 CHANCE = 10.0          # accuracy (%) of an untrained 10-class net: where the frontier starts at 0 epochs
+# What selective TTA (level 2 for the least confident quarter) gives up against level 2 where a point did not
+# measure it: its mean over checkpoints measured here (docs/accuracy.md).
+SELECTIVE_LOSS = 0.05
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Candidate:
     recipe: str
     train_s_per_image: float            # seconds per training image on the frontier's machine, whole steps
                                         # (after the early epochs below, where it has them)
-    points: tuple[tuple[float, dict[int, float]], ...]  # (epochs, {TTA level: test accuracy %}), by epochs
+    points: tuple[tuple[float, dict[int | str, float]], ...]  # (epochs, {TTA level: test accuracy %}), by epochs
     # The first ``early_epochs`` cost ``early_s_per_image`` there instead (None: the same): while a model's
     # declared parameters train (its stem's bias), the backward pass runs further back.
     early_epochs: float = 0.0
@@ -46,17 +49,19 @@ class Candidate:
         """``(early epochs, later_cost)`` for a time budget's plan, or None where every epoch costs the same."""
         return (self.early_epochs, self.later_cost) if self.early_epochs and self.early_s_per_image else None
 
-    def epochs_in(self, seconds: float, s_per_image: float, train_images: int = 50_000) -> float:
+    def epochs_in(self, seconds: float, s_per_image: float, train_images: int = 50_000,
+                  later_cost: float | None = None) -> float:
         """The epochs ``seconds`` of training hold where an image of the early epochs costs ``s_per_image``
-        (and one of the later epochs ``later_cost`` times that)."""
+        (and one of the later epochs ``later_cost`` times that: measured here, else the frontier's)."""
         early_s = s_per_image * train_images
-        epoch_s = early_s * self.later_cost
+        epoch_s = early_s * (later_cost if later_cost is not None and self.phases else self.later_cost)
         if seconds <= self.early_epochs * early_s:
             return max(seconds, 0.0) / early_s
         return self.early_epochs + (seconds - self.early_epochs * early_s) / epoch_s
 
-    def accuracy(self, epochs: float, tta: int) -> float:
-        """Predicted test accuracy after ``epochs`` (the schedule fitted to that length) at TTA ``tta``.
+    def accuracy(self, epochs: float, tta: int | str) -> float:
+        """Predicted test accuracy after ``epochs`` (the schedule fitted to that length) at TTA ``tta`` (selective:
+        level 2's, less ``SELECTIVE_LOSS``, where a point has no measurement of its own).
 
         Linear in log(epochs) between measured lengths. Below the shortest, the first two lengths'
         slope carried down (never below chance; with one length, a straight line from chance at 0
@@ -66,7 +71,7 @@ class Candidate:
         if epochs <= 0:
             return CHANCE
         lengths = [e for e, _ in self.points]
-        values = [acc[tta] for _, acc in self.points]
+        values = [acc[tta] if tta in acc else acc[2] - SELECTIVE_LOSS for _, acc in self.points]
         if epochs >= lengths[-1]:
             return values[-1]
         if epochs <= lengths[0]:
@@ -94,11 +99,11 @@ class Frontier:
     def from_dict(cls, values: dict[str, Any]) -> Frontier:
         candidates = tuple(
             Candidate(c["model"], c["recipe"], float(c["train_s_per_image"]),
-                      tuple(sorted((float(p["epochs"]), {int(k): float(v) for k, v in p["accuracy"].items()})
+                      tuple(sorted((float(p["epochs"]), {_level(k): float(v) for k, v in p["accuracy"].items()})
                                    for p in c["points"])),
                       float(c.get("early_epochs", 0.0)), c.get("early_s_per_image"))
             for c in values["candidates"] if c["points"])
-        evaluation = {m: {int(k): float(v) for k, v in levels.items()}
+        evaluation = {m: {_level(k): float(v) for k, v in levels.items()}
                       for m, levels in values["eval_s_per_image"].items()}
         return cls(values["measured_on"], evaluation, float(values["startup_s"]), candidates)
 
@@ -113,7 +118,23 @@ def shipped_frontier() -> Frontier:
     return Frontier.from_dict(json.loads(text))
 
 
+def run_phases(model: str, recipe: str | None, choice: dict[str, Any] | None) -> tuple[float, float] | None:
+    """The phases a budgeted run of ``model`` with ``recipe`` plans with: its candidate's early epochs, at the
+    ratio of a later step to an early one that a family's choice timed here (``choice``, config.json's), else
+    at the frontier machine's."""
+    known = frontier_candidate(model, recipe)
+    if known is None or known.phases is None:
+        return None
+    timed = ((choice or {}).get("probes") or {}).get(f"{model} with {recipe}") or {}
+    return known.early_epochs, float(timed.get("later_cost") or known.later_cost)
+
+
 def frontier_candidate(model: str, recipe: str | None) -> Candidate | None:
     """The shipped frontier's ``model`` trained with ``recipe``, or None where none was measured: a budgeted
     run of it chooses its final TTA level by the frontier's prediction and plans its phases with it."""
     return shipped_frontier().candidate(model, recipe) if family_of(model) else None
+
+
+def _level(key: str) -> int | str:
+    """A TTA level as frontier.json keys it: "0", "1", "2" or "selective"."""
+    return int(key) if key.isdigit() else key

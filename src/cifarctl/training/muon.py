@@ -36,15 +36,19 @@ def ns_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def orthogonalise(matrix: torch.Tensor, steps: int = NS_STEPS, dtype: torch.dtype | None = None) -> torch.Tensor:
+def orthogonalise(matrix: torch.Tensor, steps: int = NS_STEPS, dtype: torch.dtype | None = None,
+                  coefficients: tuple[float, float, float] = NS_COEFFICIENTS) -> torch.Tensor:
     """An approximately orthogonal matrix with ``matrix``'s singular vectors (``U S' V^T``, S' near 1).
 
-    Computed in ``dtype`` (default: ``ns_dtype`` of the matrix's device).
+    Computed in ``dtype`` (default: ``ns_dtype`` of the matrix's device), with the quintic iteration's
+    ``coefficients`` (the Muon record's by default). Each matrix on its own: the current record pads
+    every filter bank to one size to run them as one batched product, which costs a GPU nothing and a
+    CPU the padded FLOPs (the results are the same: zero rows and columns stay zero).
     Usage: ``update = orthogonalise(grad.reshape(len(grad), -1))``
     """
     if matrix.ndim != 2:
         raise ValueError(f"orthogonalise takes a matrix, got shape {list(matrix.shape)}")
-    a, b, c = NS_COEFFICIENTS
+    a, b, c = coefficients
     x = matrix.to(dtype or ns_dtype(matrix.device))
     x = x / (x.norm() + NS_EPS)          # the top singular value is then at most 1
     tall = x.size(0) > x.size(1)
@@ -59,22 +63,27 @@ def orthogonalise(matrix: torch.Tensor, steps: int = NS_STEPS, dtype: torch.dtyp
 class Muon(torch.optim.Optimizer):
     """Muon on groups with ``use_muon=True`` (conv filters, any ndim >= 2), Nesterov SGD on the others.
 
-    Muon groups: each step the whole filter bank is first rescaled to norm sqrt(out_channels) (an
-    average filter norm of 1, as the Muon record does: with orthogonal steps the weights' scale
-    would otherwise only grow), then moved by ``lr`` along the orthogonalised (Nesterov) momentum.
-    SGD groups: exactly ``torch.optim.SGD``'s step with ``momentum``, ``nesterov`` and coupled
-    ``weight_decay``.
+    Muon groups: the whole filter bank is rescaled to norm sqrt(out_channels) (an average filter norm
+    of 1, as the Muon record does: with orthogonal steps the weights' scale would otherwise only grow)
+    every ``renorm_every[0] + int(renorm_every[1] * progress)`` steps (``progress``: steps taken over
+    ``total_steps``; the Muon record's every step is ``(1, 0)``, the current record's ``(2, 15)``), then
+    moved by ``lr`` along the orthogonalised (Nesterov) momentum, then shrunk by ``1 - lr *
+    weight_decay`` (decoupled weight decay; 0 by default). SGD groups: exactly ``torch.optim.SGD``'s
+    step with ``momentum``, ``nesterov`` and coupled ``weight_decay``. The steps taken and the last
+    rescaling are kept in the groups, so a checkpoint resumes them exactly.
 
     Usage: ``Muon([{"params": filters, "use_muon": True}, {"params": rest, "use_muon": False, "lr": 0.1}],
     lr=0.24, momentum=0.6)``
     """
 
     def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.95, nesterov: bool = True,
-                 weight_decay: float = 0.0, renormalise: bool = True) -> None:
+                 weight_decay: float = 0.0, renormalise: bool = True, renorm_every: tuple[int, int] = (1, 0),
+                 total_steps: int = 1, coefficients: tuple[float, float, float] = NS_COEFFICIENTS) -> None:
         if lr <= 0 or not 0 <= momentum < 1:
             raise ValueError(f"Muon needs lr > 0 and 0 <= momentum < 1, got lr={lr}, momentum={momentum}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                        use_muon=True, renormalise=renormalise)
+                        use_muon=True, renormalise=renormalise, renorm_every=tuple(renorm_every),
+                        total_steps=total_steps, coefficients=tuple(coefficients), steps=0, last_renorm=0)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -84,14 +93,26 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            renorm = self._renorm_due(group) if group["use_muon"] else False
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if group["use_muon"]:
-                    self._muon_step(p, group)
+                    self._muon_step(p, group, renorm)
                 else:
                     self._sgd_step(p, group)
         return loss
+
+    @staticmethod
+    def _renorm_due(group: dict[str, Any]) -> bool:
+        """Count this step; whether the filter banks are rescaled at it (see the class docstring)."""
+        group["steps"] = step = group.get("steps", 0) + 1
+        start, rise = group.get("renorm_every", (1, 0))
+        every = start + int(rise * step / max(group.get("total_steps", 1), 1))
+        if step - group.get("last_renorm", 0) < every:
+            return False
+        group["last_renorm"] = step
+        return True
 
     def _momentum(self, p: torch.Tensor, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
         """torch.optim.SGD's momentum: buf = m * buf + grad (buf = grad at first); Nesterov looks one step ahead."""
@@ -106,12 +127,15 @@ class Muon(torch.optim.Optimizer):
             buf.mul_(momentum).add_(grad)
         return grad.add(buf, alpha=momentum) if group["nesterov"] else buf
 
-    def _muon_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+    def _muon_step(self, p: torch.Tensor, group: dict[str, Any], renorm: bool = True) -> None:
         direction = self._momentum(p, p.grad, group)
-        if group["renormalise"]:
+        if group["renormalise"] and renorm:
             p.mul_(len(p) ** 0.5 / p.norm().clamp_min(NS_EPS))
-        update = orthogonalise(direction.reshape(len(direction), -1)).view(direction.shape)
+        matrix = direction.reshape(len(direction), -1)
+        update = orthogonalise(matrix, coefficients=group.get("coefficients", NS_COEFFICIENTS)).view(direction.shape)
         p.add_(update.to(p.dtype), alpha=-group["lr"])
+        if group["weight_decay"]:  # decoupled: the filters shrink by the step's lr times the decay
+            p.mul_(1 - group["lr"] * group["weight_decay"])
 
     def _sgd_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
         grad = p.grad

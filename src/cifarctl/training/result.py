@@ -37,7 +37,7 @@ class TrainResult:
     val_accuracy: float | None = None     # last validation accuracy (with --val-split)
     best_test_accuracy: float | None = None  # best.pt on the test set (with --val-split)
     best_selected_on: str = "test"   # which split chose best.pt
-    tta: int = 0                     # test-time augmentation level of the test numbers
+    tta: int | str = 0               # test-time augmentation level of the test numbers (0-2, or "selective")
     finished_before: bool = False    # a resumed run that had nothing left to do
     budget: dict[str, Any] | None = None  # the time-budget plan (BudgetPlan.to_dict()), with --time-budget
     epochs_trained: float = 0.0      # optimizer steps over steps per epoch (a partial last epoch counts its share)

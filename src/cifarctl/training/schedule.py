@@ -127,8 +127,9 @@ def torch_hyperparameters(cfg: TrainConfig, group: str, norm_free: bool = False)
     if norm_free and cfg.lr_without_norm is not None and cfg.optimizer != "muon" and group != "head":
         cfg = dataclasses.replace(cfg, lr=cfg.lr_without_norm)
     if cfg.optimizer == "muon":
-        if group == "filters":
-            return cfg.lr, 0.0  # Muon's own units: its steps are orthogonalised, whatever the loss's scale
+        if group == "filters":  # Muon's own units: its steps are orthogonalised, whatever the loss's scale
+            per_step = {"sum": cfg.batch_size, "per1024": cfg.batch_size / 1024}.get(cfg.lr_units, 1.0)
+            return cfg.lr, cfg.muon_weight_decay * per_step  # decoupled: the step's lr times this
         base = cfg.head_lr if group == "head" else cfg.bias_lr
         lr, scale = base or cfg.lr, 1.0
     elif group == "head":
@@ -172,15 +173,17 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     if muon:
         from cifarctl.training.muon import Muon
 
-        return Muon(groups, lr=cfg.lr, momentum=cfg.muon_momentum, nesterov=cfg.nesterov)
+        return Muon(groups, lr=cfg.lr, momentum=cfg.muon_momentum, nesterov=cfg.nesterov,
+                    renorm_every=cfg.muon_renorm_every, total_steps=cfg.schedule_steps or 1,
+                    coefficients=cfg.ns_coefficients)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
 def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """The schedule's length: the stored one, or all the run's epochs."""
-    return cfg.schedule_steps or max(cfg.epochs * steps_per_epoch, 1)
+    """The schedule's length: the stored one, or all the run's epochs (a fraction of one ends at its step)."""
+    return cfg.schedule_steps or max(math.ceil(cfg.epochs * steps_per_epoch), 1)
 
 
 # How a ramp of n steps climbs: onecycle along half a cosine over n - 1 steps (torch's OneCycleLR), so
@@ -225,7 +228,7 @@ def _linear(optimizer: torch.optim.Optimizer, total: int, ramp: int, start: floa
     def lr_lambda(group: dict[str, Any]) -> Callable[[int], float]:
         if group.get("train_epochs") is None:
             return lambda step: main(step, total, end)
-        stops = max(group["train_epochs"] * steps_per_epoch, ramp + 1)
+        stops = max(math.ceil(group["train_epochs"] * steps_per_epoch), ramp + 1)
         return lambda step: main(step, stops, 0.0)
 
     return lr_scheduler.LambdaLR(optimizer, [lr_lambda(group) for group in optimizer.param_groups])
@@ -284,6 +287,8 @@ def rebuild_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, peak_l
     for group, peak in zip(optimizer.param_groups, peak_lrs):
         group["lr"] = peak
         group.pop("initial_lr", None)
+        if "total_steps" in group:  # Muon's rescaling interval follows the schedule's progress
+            group["total_steps"] = cfg.schedule_steps
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     with warnings.catch_warnings():  # "step() before optimizer.step()": the steps were taken before it existed
         warnings.simplefilter("ignore", UserWarning)

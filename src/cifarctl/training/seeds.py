@@ -113,7 +113,7 @@ class SeedResult:
     epochs: float
     steps: int
     seconds: float          # the run's own time (training and evaluation, every resumed part added up)
-    tta: int
+    tta: int | str
     run_dir: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +200,8 @@ def resume_group(group_dir: Path, data: DataSource = None, model_spec: str | Non
 
 
 def _start_record(group_dir: Path, cfg: TrainConfig, seeds: list[int], target: float | None, jobs: int) -> None:
+    if (group_dir / "last.pt").exists():
+        raise CheckpointError(f"{group_dir} already holds a run: choose another --out for the group")
     if (group_dir / "summary.json").exists() or any(seed_dir(group_dir, s).exists() for s in seeds):
         raise CheckpointError(f"{group_dir} already holds a group: resume it with --resume {group_dir}, or choose "
                               "another --out")
@@ -296,7 +298,7 @@ def stored_result(group_dir: Path, seed: int) -> SeedResult:
     metrics = state.get("metrics") or {}
     return SeedResult(seed, metrics.get("test_accuracy"), metrics.get("test_loss"), float(metrics.get("epochs") or 0),
                       int(state["global_step"]), round(float(metrics.get("seconds") or 0.0), 3),
-                      int(metrics.get("tta") or 0), str(folder))
+                      metrics.get("tta") or 0, str(folder))
 
 
 def _summary(record: GroupRecord) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import threading
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from cifarctl.models.hooks import call_hook, read_only
 from cifarctl.models.spec import display_name
 from cifarctl.progress import NullProgress, Progress
 from cifarctl.run.checkpoint import load_checkpoint
-from cifarctl.run.config import TrainConfig
+from cifarctl.run.config import TTA_LEVELS, TrainConfig
 from cifarctl.run.folder import RunFolder
 from cifarctl.training import state as run_state
 from cifarctl.training.budget import BudgetPlan, RunShape, time_eval_levels
@@ -124,7 +125,7 @@ class Trainer:
     def _epoch_label(self) -> str:
         if self._measuring():  # the run's length is not known until the first steps are measured
             return f"epoch {self.epoch + 1} (measuring this machine)"
-        return f"epoch {self.epoch + 1}/{self.cfg.epochs}"
+        return f"epoch {self.epoch + 1}/{math.ceil(self.cfg.epochs)}"
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step (``StepRunner``), then the schedule's step and the lookahead's."""
@@ -177,7 +178,10 @@ class Trainer:
             raise TrainingInterrupted(self.run_dir, self.global_step)
 
     def _done(self) -> bool:
-        return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
+        """--max-steps reached, or a fraction of an epoch that ends the run (--epochs 7.59)."""
+        if self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps:
+            return True
+        return self.global_step >= math.ceil(self.cfg.epochs * len(self.train_loader))
 
     def finished(self) -> bool:
         return self.epoch >= self.cfg.epochs or self._done()
@@ -221,12 +225,13 @@ class Trainer:
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return True
 
-    def _evaluate(self, loader: DeviceLoader, tta: int = 0, model: torch.nn.Module | None = None) -> EvalResult:
+    def _evaluate(self, loader: DeviceLoader, tta: int | str = 0, model: torch.nn.Module | None = None) -> EvalResult:
         if self.dist.enabled:  # ranks update BatchNorm statistics on their own shards: use rank 0's
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
         return evaluate_model(model or self.model, loader, len(self.data.classes), amp=self.cfg.eval_amp,
-                              progress=self.progress, classes=self.data.classes, tta=tta)
+                              progress=self.progress, classes=self.data.classes, tta=tta,
+                              tta_fraction=self.cfg.tta_fraction)
 
     def _final_test(self) -> None:
         """Score ``last.pt`` and ``best.pt`` on the test set, once, at the end of a --val-split run."""
@@ -260,8 +265,9 @@ class Trainer:
         """Fix the run's length (and final TTA level) to what the rest of the budget allows."""
         assert self.budget is not None
         cfg = self.cfg
-        level_s = ({level: 0.0 for level in (0, 1, 2)} if not cfg.eval else
-                   time_eval_levels(self.model, next(iter(self.test_loader.epoch(0)))[0], cfg.tta, cfg.eval_amp))
+        level_s = ({level: 0.0 for level in TTA_LEVELS} if not cfg.eval else
+                   time_eval_levels(self.model, next(iter(self.test_loader.epoch(0)))[0], cfg.tta, cfg.eval_amp,
+                                    cfg.tta_fraction))
         shape = RunShape(len(self.train_loader), len(self.test_loader),
                          len(self.val_loader) if self.val_loader is not None else None, cfg.eval, cfg.eval_every,
                          cfg.tta)
@@ -276,12 +282,9 @@ class Trainer:
         plan = self._shared(self.budget.refit(self.global_step) if self.dist.is_main else None)
         if plan is not None:
             self._apply_plan(plan)
-            if plan.steps < before:
-                self.notify(f"this machine runs slower than when it was measured: {plan.steps:,} steps in all "
-                            f"({plan.epochs:.2f} epochs) keep the run within its {self.budget.seconds:.0f} s")
-            else:
-                self.notify(f"steps run faster than when they were measured: {plan.steps:,} steps in all "
-                            f"({plan.epochs:.2f} epochs) use the run's {self.budget.seconds:.0f} s")
+            what = "keep the run within" if plan.steps < before else "use"
+            self.notify(f"{plan.note}: {plan.steps:,} steps in all ({plan.epochs:.2f} epochs) {what} its "
+                        f"{self.budget.seconds:.0f} s")
 
     def _shared(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank of this run (``value`` itself for a run alone, whatever group it is in)."""
@@ -324,7 +327,7 @@ class Trainer:
         result = self.result(0.0, 0.0)
         result.test_accuracy, result.test_loss = stored.get("test_accuracy"), stored.get("test_loss")
         result.val_accuracy, result.best_test_accuracy = stored.get("val_accuracy"), stored.get("best_test_accuracy")
-        result.tta, result.finished_before = int(stored.get("tta") or 0), True
+        result.tta, result.finished_before = stored.get("tta") or 0, True
         result.total_seconds = self.elapsed_before
         return result
 

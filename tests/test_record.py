@@ -1,0 +1,150 @@
+"""The current record's recipe for airbench94: its settings, its augmentation, selective TTA, and Muon's new knobs."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cifarctl.data.loader import DeviceLoader
+from cifarctl.evaluation import evaluate_model, levels_upto, tta_logits, tta_views
+from cifarctl.models import create_model
+from cifarctl.run.config import SELECTIVE, TrainConfig, parse_tta
+from cifarctl.training import TrainingInterrupted, resume, train
+from cifarctl.training.muon import Muon
+
+from conftest import StopAfterAdvances, make_images, tiny_dataset, weights_digest
+
+
+def test_the_record_recipe_is_the_records() -> None:
+    cfg = TrainConfig.for_model("airbench94", "record")
+    assert (cfg.epochs, cfg.batch_size, cfg.drop_last, cfg.micro_batch) == (7.59, 1536, True, None)
+    assert (cfg.optimizer, cfg.lr, cfg.muon_momentum, cfg.momentum, cfg.nesterov) == ("muon", 0.205, 0.655, 0.825, True)
+    assert (cfg.head_lr, cfg.bias_lr, cfg.weight_decay, cfg.muon_weight_decay) == (0.5415, 0.0573, 1.0418e-6, 1.0418e-6)
+    assert cfg.muon_renorm_every == (2, 15) and cfg.ns_coefficients == (3.4576, -4.7391, 2.0843)
+    assert (cfg.label_smoothing, cfg.color_jitter, cfg.tta, cfg.tta_fraction) == (0.09, (0.1399, 0.1308), SELECTIVE, 0.25)
+    assert (cfg.translate, cfg.pad_mode, cfg.flip, cfg.init_from_data, cfg.ema) == (2, "reflect", "alternate", True, False)
+    assert cfg.model_options == {"logit_scale": 1 / 256, "head_std": 1.0, "whiten_bias_epochs": 0.19,
+                                 "activation": "silu", "bn_momentum": 0.5566, "whiten_images": 960}
+    # 243 steps: the record's ceil(7.59 * 32), its batches of 1536 dropping the last, smaller one
+    loader = DeviceLoader(torch.zeros(50_000, 32, 32, 3, dtype=torch.uint8), torch.zeros(50_000, dtype=torch.long),
+                          1536, "cpu", train=True, drop_last=True)
+    assert len(loader) == 32 and math.ceil(cfg.epochs * len(loader)) == 243
+
+
+def test_the_record_model_option_changes_only_what_it_names() -> None:
+    record = create_model("airbench94", **TrainConfig.for_model("airbench94", "record").model_options)
+    paper = create_model("airbench94")
+    assert isinstance(record.block1.activ, nn.SiLU) and isinstance(paper.block1.activ, nn.GELU)
+    assert isinstance(record.stem_act, nn.GELU)  # the stem's stays GELU, as in the record
+    assert record.block2.norm1.momentum == pytest.approx(1 - 0.5566) and paper.block2.norm1.momentum == pytest.approx(0.4)
+    assert record.whiten_bias_epochs == 0.19 and paper.whiten_bias_epochs == 3
+    assert sum(p.numel() for p in record.parameters()) == sum(p.numel() for p in paper.parameters())
+    images = torch.randn(6000, 3, 8, 8)
+    record.init_from_data(images, {})
+    from cifarctl.models.airbench import whitening_weights
+    expected = whitening_weights(images[:960], (2, 2), 5e-4)
+    assert torch.allclose(record.whiten.weight[:12], expected)  # from the first 960 of the sample it is given
+
+
+def _jitter_batches(seed: int, jitter: tuple[float, float]) -> list[torch.Tensor]:
+    images, labels = make_images(64, seed=3)
+    loader = DeviceLoader(torch.from_numpy(images), torch.from_numpy(labels), 32, "cpu", train=True, seed=seed,
+                          translate=0, flip="none", color_jitter=jitter)
+    return [x for x, _ in loader.epoch(0)]
+
+
+def test_brightness_and_contrast_are_drawn_per_image_within_their_ranges_and_per_seed() -> None:
+    plain, jittered = _jitter_batches(1, (0.0, 0.0)), _jitter_batches(1, (0.14, 0.13))
+    for x, j in zip(plain, jittered):  # j = (x + b) * (1 + c): per image one b and one c
+        for image, out in zip(x, j):
+            scale = (out - out.mean()).std() / (image - image.mean()).std()
+            shift = out.mean() / scale - image.mean()
+            assert 0.87 - 1e-4 <= scale <= 1.13 + 1e-4 and abs(shift) <= 0.14 + 1e-4
+            assert torch.allclose(out, (image + shift) * scale, atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(_jitter_batches(1, (0.14, 0.13)), jittered))  # the seed decides
+    assert not torch.equal(_jitter_batches(2, (0.14, 0.13))[0], jittered[0])
+    # Without it, a loader draws exactly what it drew before (the same crops and flips per seed).
+    images, labels = make_images(64, seed=3)
+    before = DeviceLoader(torch.from_numpy(images), torch.from_numpy(labels), 32, "cpu", train=True, seed=1,
+                          translate=2, pad_mode="reflect", flip="alternate")
+    after = DeviceLoader(torch.from_numpy(images), torch.from_numpy(labels), 32, "cpu", train=True, seed=1,
+                         translate=2, pad_mode="reflect", flip="alternate", color_jitter=(0.1, 0.1))
+    for (xb, yb), (xa, ya) in zip(before.epoch(3), after.epoch(3)):  # the same crop, flip and order under it
+        assert torch.equal(yb, ya)
+        assert torch.allclose((xa - xa.mean((1, 2, 3), keepdim=True)).sign(), (xb - xb.mean((1, 2, 3), keepdim=True)).sign())
+
+
+class Scorer(nn.Module):
+    """A model whose confidence is known: logit 0 of each image is its first pixel, times 10."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(x), 10)
+        out[:, 0] = 10 * x[:, 0, 0, 0] + x[:, 0, 5, 5]  # a shifted or flipped view moves the second term
+        return out
+
+
+def test_selective_tta_looks_again_at_the_least_confident_only() -> None:
+    data = tiny_dataset(test=40)
+    loader = DeviceLoader(data.test_images, data.test_labels, 16, "cpu", train=False)
+    model = Scorer()
+    x = torch.cat([b for b, _ in loader.epoch(0)])
+    plain, full = model(x), tta_logits(model, x, 2)
+    confidence = plain.softmax(1).max(1).values
+    unsure = set(torch.topk(confidence, 10, largest=False).indices.tolist())  # a quarter of 40
+    expected = torch.stack([full[i] if i in unsure else plain[i] for i in range(40)])
+    result = evaluate_model(model, loader, tta=SELECTIVE, tta_fraction=0.25)
+    by_hand = torch.nn.functional.cross_entropy(expected, data.test_labels.long()).item()
+    assert result.loss == pytest.approx(by_hand, rel=1e-6) and result.extra["tta_fraction"] == 0.25
+    assert result.accuracy == pytest.approx(100 * (expected.argmax(1) == data.test_labels).float().mean().item())
+    # All of them: exactly level 2, batch for batch.
+    every = evaluate_model(model, loader, tta=SELECTIVE, tta_fraction=1.0)
+    level2 = evaluate_model(model, loader, tta=2)
+    assert every.accuracy == level2.accuracy and every.loss == level2.loss and every.confusion == level2.confusion
+
+
+def test_selective_tta_is_a_level_of_its_own() -> None:
+    assert parse_tta("selective") == SELECTIVE and parse_tta("2") == 2 and parse_tta(None) is None
+    with pytest.raises(Exception, match="--tta 'three'"):
+        parse_tta("three")
+    assert levels_upto(2) == (0, 1, SELECTIVE, 2) and levels_upto(SELECTIVE) == (0, 1, SELECTIVE)
+    assert tta_views(SELECTIVE, 0.25) == 2.5 < tta_views(2) / 2  # well under half of level 2's cost
+
+
+def test_muon_decays_and_rescales_as_the_record_does() -> None:
+    torch.manual_seed(0)
+    weight = nn.Parameter(torch.randn(8, 4, 3, 3))
+    optimizer = Muon([{"params": [weight], "use_muon": True, "weight_decay": 0.1}], lr=0.2, momentum=0.5,
+                     renorm_every=(2, 15), total_steps=30)
+    renormed = []
+    for step in range(1, 31):
+        weight.grad = torch.randn_like(weight)
+        before = optimizer.param_groups[0]["last_renorm"]
+        optimizer.step()
+        renormed.append(optimizer.param_groups[0]["last_renorm"] != before)
+    # when 2 + int(15 * step / 30) steps have passed since the last: at step 3 (3 >= 2 + 1), 9 (6 >= 2 + 4)
+    # and 21 (12 >= 2 + 10); by step 30 the interval has grown to 17
+    assert [i + 1 for i, r in enumerate(renormed) if r] == [3, 9, 21]
+    group = {"params": [nn.Parameter(torch.ones(4, 4, 1, 1))], "use_muon": True, "weight_decay": 0.5}
+    lone = Muon([group], lr=0.1, momentum=0.0, renorm_every=(100, 0))
+    lone.param_groups[0]["params"][0].grad = torch.zeros(4, 4, 1, 1)
+    lone.step()  # no gradient to follow: only the decay, 1 - lr * decay
+    assert torch.allclose(lone.param_groups[0]["params"][0], torch.full((4, 4, 1, 1), 0.95))
+
+
+def test_a_fraction_of_an_epoch_ends_the_run_at_its_step_and_resumes_exactly(tmp_path: Path) -> None:
+    cfg = TrainConfig.for_model("airbench94_quarter", "record", epochs=1.5, batch_size=50, device="cpu", amp=False,
+                                eval_batch_size=50, save_every=1)
+    data = tiny_dataset()
+    whole = train(cfg, data, tmp_path / "whole")
+    assert whole.global_step == 6 and whole.epochs_trained == 1.5 and whole.tta == SELECTIVE  # 4 steps an epoch
+    stop = threading.Event()
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, data, tmp_path / "cut", progress=StopAfterAdvances(stop, 5), stop=stop)
+    resumed = resume(tmp_path / "cut", data)
+    assert resumed.global_step == 6 and weights_digest(tmp_path / "cut") == weights_digest(tmp_path / "whole")
+    assert resumed.test_accuracy == whole.test_accuracy
