@@ -49,7 +49,7 @@ class GroupCommand:
 
     def start(self, stop: threading.Event) -> GroupResult:
         """A new group: the request once (a family's choice too), then every seed of it."""
-        from cifarctl.training.seeds import default_jobs, plan_group, train_group
+        from cifarctl.training.seeds import DEFAULT_JOBS, plan_group, train_group
 
         cmd = self.command
         seeds = plan_group(self.seeds, self.jobs, self.target, first=cmd.settings.get("seed") or 0)
@@ -58,7 +58,7 @@ class GroupCommand:
         if cmd.settings.get("time_budget") is not None:
             self.err.print(f"each seed trains with its own time budget of {cmd.settings['time_budget']:.0f} s, "
                            "counting the start-up the first one paid", highlight=False)
-        jobs = self.jobs or default_jobs(request.cfg, seeds)
+        jobs = self.jobs or DEFAULT_JOBS
         return train_group(request.cfg, seeds, self.dataset(request.cfg.data), cmd.out, jobs, self.target,
                            self.hooks(len(seeds), jobs), stop, cmd.clock)
 

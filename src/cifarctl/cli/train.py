@@ -102,7 +102,7 @@ def train(
     verify: in_panel(Verify, P_RUN) = False,
     json_output: in_panel(Json, P_RUN) = False,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Train N seeds (--seed, --seed+1, ...) or a list (0,3,7) as one group: each seed's run folder and summary.json in --out, their mean, std and 95% CI; --resume GROUP finishes it.", rich_help_panel=P_SEEDS)] = None,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Seeds trained at once on this machine, in processes that divide its cores (default: where it measured faster, docs/performance.md).", rich_help_panel=P_SEEDS)] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Seeds trained at once on this machine, in processes that divide its cores (default 1: on a 2-core CPU one at a time measured as fast, docs/performance.md).", rich_help_panel=P_SEEDS)] = None,
     target: Annotated[Optional[float], typer.Option("--target", help="With --seeds: how many seeds reach this test accuracy (%), and the p-value of the one-sided t-test that their mean is above it.", rich_help_panel=P_SEEDS)] = None,
 ) -> None:
     """Train MODEL with its own recipe: the course's (Adam + cross-entropy) for vgg16 and resnet50.

@@ -1,8 +1,9 @@
 """``--jobs J``: a group's seeds trained J at a time on one machine, in J processes that share its cores.
 
-Small nets use two cores poorly (much of a narrow member's step is spent outside large convolutions),
-so two seeds side by side, one core each, can finish a group sooner than one after the other on two
-(docs/performance.md has the measurement, and ``default_jobs`` follows it). The processes take seeds
+Where a net uses a machine's cores poorly, seeds side by side, each on its share of the cores, finish a
+group sooner than one after the other on all of them; on the 2-core Zen 3 measured here none of the
+airbench family did (``seeds.DEFAULT_JOBS``, docs/performance.md), on more cores or other nets it may
+be otherwise: ``--jobs`` says so for a machine and model you have measured. The processes take seeds
 from a queue, train each exactly as a single run (``seeds._one_seed``) and send their progress and
 results back; this process, which holds the group's lock, writes ``summary.json``. A stop request (or
 Ctrl-C, which the terminal sends to every process) makes each save its seed and stop; a job whose

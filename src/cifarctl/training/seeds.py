@@ -40,6 +40,11 @@ from cifarctl.training.result import TrainingInterrupted, TrainResult
 
 # Under torchrun a rank that finishes its seeds early waits for the others at the end: seeds take hours.
 GROUP_TIMEOUT = datetime.timedelta(days=30)
+# Seeds trained at once on one machine unless --jobs says otherwise. On the 2-core Zen 3, a group of two
+# seeds one after the other on both cores took 0.97x the time of the two side by side on one core each
+# for airbench94 at a quarter and at half its widths, 0.92x at its own (paired whole processes,
+# docs/performance.md): two threads keep both cores busy here, and a second process pays its own start.
+DEFAULT_JOBS = 1
 
 
 def parse_seeds(value: str | int | Sequence[int], first: int = 0) -> list[int]:
@@ -86,11 +91,6 @@ def check_resumable(settings: dict[str, Any], seeds: str | None, target: float |
     if given:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
         raise UsageError(f"a group resumes with its own settings, so that its seeds stay alike: drop {flags}")
-
-
-def default_jobs(cfg: TrainConfig, seeds: Sequence[int]) -> int:
-    """How many seeds train at once when --jobs is not given: one (measured: docs/performance.md)."""
-    return 1
 
 
 def check_jobs(jobs: int, seeds: Sequence[int]) -> None:
@@ -156,7 +156,7 @@ class GroupHooks:
 
 
 def train_group(cfg: TrainConfig, seeds: Sequence[int], data: DataSource = None, group_dir: Path | None = None,
-                jobs: int = 1, target: float | None = None, hooks: GroupHooks | None = None,
+                jobs: int = DEFAULT_JOBS, target: float | None = None, hooks: GroupHooks | None = None,
                 stop: threading.Event | None = None, clock: float | None = None) -> GroupResult:
     """Train ``cfg`` once per seed into ``group_dir`` (default: a new folder under the model's runs).
 
