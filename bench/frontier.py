@@ -21,6 +21,13 @@ each alone on the machine (nothing else running: they are timings):
        python bench/frontier.py point airbench94:paper:full --out /tmp/frontier --epochs 10 \
            --accuracy 89.69 90.34 90.41 --source "cifarctl train airbench94 --device cpu, evaluated at TTA 0-2"
 
+   A recipe measured later, on another machine, joins the shipped frontier with ``merge``: its points as
+   measured (epochs and accuracy pair the same anywhere), its seconds per image the member's ``--like``
+   recipe's there times ``--ratio``, its cost over that recipe's measured side by side where its runs
+   were made::
+
+       python bench/frontier.py merge --out /tmp/record --like muon --ratio 0.99 --cpu "2-core AMD EPYC (Zen 3, fp32)"
+
 3. the file itself, from both, and the plot in docs/::
 
        python bench/frontier.py build --out /tmp/frontier --cpu "2-core AMD EPYC (Zen 4, bf16)"
@@ -169,6 +176,40 @@ def build(out: Path, cpu: str) -> None:
     print(f"wrote {FRONTIER}")
 
 
+def merge(out: Path, like: str, ratio: float, cpu: str) -> None:
+    """Add the candidates of ``out``'s runs (a recipe measured on another machine than the frontier's) to the
+    shipped frontier: their points as measured, and their seconds per image in the frontier machine's units,
+    the member's ``like`` recipe's there times ``ratio`` (this recipe's cost per image over ``like``'s,
+    measured side by side on the machine the runs were made on). A candidate already shipped is replaced, and
+    ``measured_on`` says where the new lines come from (``cpu``)."""
+    shipped = json.loads(FRONTIER.read_text())
+    known = {(c["model"], c["recipe"]): c for c in shipped["candidates"]}
+    added: dict[tuple[str, str], dict] = {}
+    for line in (out / "runs.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["rc"] != 0 or "tta0" not in record:
+            continue
+        model, recipe, budget = record["spec"].split(":")
+        epochs, _, _, early, _ = run_times(Path(record["dir"]))
+        base = known[model, like]
+        entry = added.setdefault((model, recipe), {
+            "model": model, "recipe": recipe, "points": [], "early_epochs": early,
+            "train_s_per_image": base["train_s_per_image"] * ratio,
+            "early_s_per_image": (base.get("early_s_per_image") or base["train_s_per_image"]) * ratio})
+        entry["points"].append({"epochs": round(epochs, 3), "budget": budget, "seed": record.get("seed", 0),
+                                "accuracy": {str(lv): record[f"tta{lv}"][0] for lv in (0, 1, 2)}})
+    for entry in added.values():
+        entry["points"] = merge_seeds(entry["points"])
+        known[entry["model"], entry["recipe"]] = entry
+    shipped["candidates"] = sorted(known.values(), key=lambda c: (c["model"], c["recipe"]))
+    for recipe in sorted({recipe for _, recipe in added}):
+        where = f"the {recipe} recipe's lines on {cpu}"
+        if where not in shipped["measured_on"]:
+            shipped["measured_on"] += f"; {where}"
+    FRONTIER.write_text(json.dumps(shipped, indent=1) + "\n")
+    print(f"added {sorted(added)} to {FRONTIER}")
+
+
 def merge_seeds(points: list[dict]) -> list[dict]:
     """Runs of one budget with several seeds: one point, their mean epochs and accuracies."""
     by_budget: dict[str, list[dict]] = {}
@@ -264,7 +305,7 @@ def table(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("run", "point", "probe", "build", "plot", "table"))
+    parser.add_argument("step", choices=("run", "point", "probe", "build", "merge", "plot", "table"))
     parser.add_argument("specs", nargs="*", help="run: MEMBER:RECIPE:BUDGET ...; point: MEMBER:RECIPE:LABEL")
     parser.add_argument("--epochs", type=float, help="point: the epochs it trained")
     parser.add_argument("--accuracy", type=float, nargs=3, help="point: its test accuracy at TTA 0, 1 and 2")
@@ -273,6 +314,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpu", default=os.environ.get("FRONTIER_CPU", "this machine"))
+    parser.add_argument("--like", default="muon", help="merge: the recipe whose shipped times the new ones scale")
+    parser.add_argument("--ratio", type=float, default=1.0, help="merge: the new recipe's cost per image over --like's")
     parser.add_argument("--image", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "frontier.png")
     args = parser.parse_intermixed_args()  # the specs may follow --out
     if args.step == "run":
@@ -285,6 +328,8 @@ def main() -> None:
         probe(args.out, args.repeats)
     elif args.step == "build":
         build(args.out, args.cpu)
+    elif args.step == "merge":
+        merge(args.out, args.like, args.ratio, args.cpu)
     elif args.step == "table":
         table(args.out)
     else:

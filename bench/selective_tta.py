@@ -5,7 +5,7 @@ each with its mirror image) are computed once for the test images; from them eve
 follows exactly as ``evaluate_model`` computes it (TTA 0, 1, 2, and selective at each fraction: level
 2 for the least confident images by the plain pass's top softmax probability, the plain logits for
 the rest). Then each level's cost is timed with ``evaluate_model`` itself (alone on the machine: a
-timing). Prints one row per checkpoint and level, and the means with their spread.
+timing; ``--no-time`` skips it). Prints one row per checkpoint and level, and the means with their spread.
 
     python bench/selective_tta.py airbench94 /tmp/m/g_f5m/seed-*/last.pt
     python bench/selective_tta.py resnet18 runs/*/last.pt --every 5          # every fifth test image
@@ -25,7 +25,7 @@ from cifarctl.data import load_cifar10
 from cifarctl.data.loader import DeviceLoader
 from cifarctl.evaluation import evaluate_model, load_model, tta_logits
 
-FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+FRACTIONS = (0.1, 0.25, 0.3, 0.35, 0.5, 1.0)
 
 
 def views(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--every", type=int, default=1, help="use every N-th test image (a spread-out subset)")
+    parser.add_argument("--no-time", action="store_true", help="the accuracies only (no timing)")
     args = parser.parse_args()
     data = load_cifar10()
     rows: dict[str, list[float]] = {}
@@ -90,8 +91,8 @@ def main() -> None:
         loader = DeviceLoader(data.test_images[keep], data.test_labels[keep], 500, "cpu", train=False,
                               channels_last=True, mean=loaded.trained["mean"], std=loaded.trained["std"])
         found = accuracies(model, loader)
-        cost = {"0": seconds(model, loader, 0), "2": seconds(model, loader, 2),
-                "selective 0.25": seconds(model, loader, "selective")}
+        cost = {} if args.no_time else {"0": seconds(model, loader, 0), "2": seconds(model, loader, 2),
+                                        "selective 0.25": seconds(model, loader, "selective")}
         for key, value in found.items():
             rows.setdefault(key, []).append(value)
         for key, value in cost.items():

@@ -228,7 +228,7 @@ def test_a_slower_machine_shortens_the_plan_and_cheaper_steps_lengthen_it(monkey
     now[0] = 40.0
     refitted = budget.refit(22)  # 10 steps in 20 s: at 2 s a step the plan's end is out of reach
     assert refitted is not None and refitted.steps < plan.steps
-    assert "2.00x the planned time" in refitted.note and "ended late" in refitted.note
+    assert "2.00x the time first measured" in refitted.note and "ended late" in refitted.note
     assert refitted.final_eval_s == pytest.approx(2 * plan.final_eval_s)  # it slows down alike
     assert refitted.steps == 22 + int((100 - 40 - plan.reserve_s - refitted.final_eval_s) // 2.0)
     now[0] = 60.0
@@ -241,7 +241,7 @@ def test_a_slower_machine_shortens_the_plan_and_cheaper_steps_lengthen_it(monkey
     assert longer is not None and budget.planned is longer and longer.steps > refitted.steps
     left = 100 - 65 - plan.reserve_s - refitted.final_eval_s
     assert longer.steps == 42 + int(left // (55 / 40))
-    assert "1.38x the planned time" in longer.note and "ended early" in longer.note
+    assert "1.38x the time first measured" in longer.note and "ended early" in longer.note
     now[0] = 67.75
     assert budget.refit(44) is None  # 2 steps at the pace it lengthened with (55 s / 40 steps): no change
 
@@ -253,7 +253,7 @@ def test_a_refitted_plan_counts_the_evaluations_the_run_makes(monkeypatch: pytes
     now[0] += 2 * plan.cost(2, 32)  # the first 30 steps (an evaluation among them) took twice the plan's time
     refitted = budget.refit(32)
     assert refitted is not None and refitted.steps < plan.steps
-    assert "2.00x the planned time" in refitted.note and "ended late" in refitted.note
+    assert "2.00x the time first measured" in refitted.note and "ended late" in refitted.note
     every_third = budget_mod.evaluations_before_end(refitted.steps, 10, 3)
     assert refitted.evaluations == every_third != budget_mod.evaluations_before_end(refitted.steps, 10, 1)
     assert refitted.steps == plan.most_steps(32, 1000 - now[0] - plan.reserve_s - 2 * plan.final_eval_s, 2.0)

@@ -187,10 +187,10 @@ def test_the_tta_level_is_chosen_by_what_it_buys_against_the_steps_it_costs() ->
     assert "uses TTA 1" in short.note and "82.5%" in short.note and "with TTA 2 (1.65 epochs)" in short.note
     long = choose_tta_by_frontier(_plan_at(2.0, level_s, 5000), 2, c.accuracy)
     assert long.tta == 2 and long.note == ""  # past the frontier's longest run the steps buy nothing more
-    # Selective TTA at its own cost (level 0 and level 2 for a quarter: 2.5 s a batch, 50 s) buys more: 116 steps,
-    # 2.37 epochs, at level 2's 83.2% less the 0.05 it gives up.
+    # Selective TTA at a cost of its own (2.5 s a batch, 50 s) buys more: 116 steps, 2.37 epochs, at level 2's
+    # 83.2% less the 0.12 it gives up (SELECTIVE_LOSS).
     cheap = choose_tta_by_frontier(_plan_at(2.0, {**level_s, "selective": 2.5}, 300), 2, c.accuracy)
-    assert cheap.tta == "selective" and cheap.steps == 116 and "83.2%" in cheap.note
+    assert cheap.tta == "selective" and cheap.steps == 116 and "83.1%" in cheap.note
 
 
 def test_a_level_that_leaves_no_time_to_train_is_skipped() -> None:
@@ -220,13 +220,15 @@ def test_a_budgeted_run_of_a_member_plans_with_its_frontier(tmp_path: Path) -> N
 
 def test_the_shipped_frontier_measures_every_candidate() -> None:
     shipped = shipped_frontier()
-    assert {(c.model, c.recipe) for c in shipped.candidates} == {(m, r) for m in MEMBERS for r in ("paper", "muon")}
+    record = {(m, "record") for m in ("airbench94_half", "airbench94_quarter")}  # the widths where it can win
+    assert {(c.model, c.recipe) for c in shipped.candidates} == \
+        {(m, r) for m in MEMBERS for r in ("paper", "muon")} | record
     for c in shipped.candidates:
         assert len(c.points) >= 2 and all(e0 < e1 for (e0, _), (e1, _) in zip(c.points, c.points[1:]))
         assert all(CHANCE < acc[level] < 100 for _, acc in c.points for level in (0, 1, 2))
         assert c.train_s_per_image > 0
-        # airbench's stem trains its bias for 3 epochs: the frontier times them apart (slower there).
-        assert c.early_epochs == 3 and c.early_s_per_image > 0
+        # airbench's stem trains its bias for 3 epochs (the record's for 0.19): timed apart where it costs more.
+        assert c.early_epochs == (0.19 if c.recipe == "record" else 3) and c.early_s_per_image > 0
     for member in MEMBERS:
         assert set(shipped.eval_s_per_image[member]) == {0, 1, 2}
 

@@ -190,7 +190,8 @@ def test_bad_group_input_is_one_line(cached, tmp_path: Path) -> None:
     runner = CliRunner()
     for args, message in ((["--seeds", "0"], "at least one seed"), (["--seeds", "1,1"], "lists 1 twice"),
                           (["--seeds", "2", "--jobs", "3"], "more than the 2 seeds"),
-                          (["--jobs", "2"], "--jobs trains seeds")):
+                          (["--jobs", "2"], "--jobs trains seeds"),
+                          (["--seeds", "2", "--resume"], "--seeds starts a group")):
         result = runner.invoke(app, ["train", "resnet50", *args, "--offline", "--device", "cpu"])
         assert result.exit_code == 2 and message in result.output and result.output.count("error:") == 1, args
 

@@ -52,7 +52,8 @@ class GroupCommand:
         from cifarctl.training.seeds import DEFAULT_JOBS, plan_group, train_group
 
         cmd = self.command
-        seeds = plan_group(self.seeds, self.jobs, self.target, first=cmd.settings.get("seed") or 0)
+        seeds = plan_group(self.seeds, self.jobs, self.target, first=cmd.settings.get("seed") or 0,
+                           resuming=cmd.resume is not None)
         cmd.settings.pop("seed", None)
         request = cmd.request()
         if cmd.settings.get("time_budget") is not None:

@@ -262,7 +262,7 @@ def time_eval_levels(model: nn.Module, batch: torch.Tensor, tta: int | str, amp:
     (a 100-image sample underestimated a 500-image batch by 1.3x on a CPU). The dearest level the run
     may use costs more than its views (its flips and shifts: level 2 is 6.9x level 0 on a CPU, not 6x),
     so its ratio to level 0 is timed on 100 images; a level between is scaled by its views, and the
-    selective level is level 0 plus level 2 for its ``fraction`` of the images.
+    selective level is level 0 plus level 2's other views for its ``fraction`` of the images.
     """
     device = batch.device
     cast = autocast_dtype(device, amp)
@@ -292,7 +292,7 @@ def time_eval_levels(model: nn.Module, batch: torch.Tensor, tta: int | str, amp:
     per_view = level0 * ratio / tta_views(measured)
     levels: dict[int | str, float] = {level: level0 if level == 0 else level0 * ratio if level == measured
                                       else per_view * tta_views(level) for level in (0, 1, 2)}
-    levels[SELECTIVE] = level0 + fraction * levels[2]
+    levels[SELECTIVE] = level0 + fraction * (levels[2] - level0)  # the unsure images' plain pass is reused
     return levels
 
 
@@ -426,8 +426,8 @@ class TimeBudget:
             return None
         over = "late" if behind else "early"
         refitted = BudgetPlan(**{**asdict(plan), "steps": fits, "final_eval_s": final_s,
-                                 "note": f"refitted at step {global_step}: steps took {slowdown:.2f}x the planned "
-                                         f"time, so the plan would have ended {over}"})
+                                 "note": f"refitted at step {global_step}: steps take {slowdown:.2f}x the time first "
+                                         f"measured, so the {plan.steps}-step plan would have ended {over}"})
         refitted.evaluations = evaluations_before_end(fits, plan.steps_per_epoch, plan.eval_every)
         self.planned = refitted
         return refitted

@@ -41,7 +41,7 @@ from cifarctl.training.result import TrainingInterrupted, TrainResult
 # Under torchrun a rank that finishes its seeds early waits for the others at the end: seeds take hours.
 GROUP_TIMEOUT = datetime.timedelta(days=30)
 # Seeds trained at once on one machine unless --jobs says otherwise. On the 2-core Zen 3, a group of two
-# seeds one after the other on both cores took 0.97x the time of the two side by side on one core each
+# seeds one after the other on both cores took 0.95-0.97x the time of the two side by side on one core each
 # for airbench94 at a quarter and at half its widths, 0.92x at its own (paired whole processes,
 # docs/performance.md): two threads keep both cores busy here, and a second process pays its own start.
 DEFAULT_JOBS = 1
@@ -73,8 +73,13 @@ def parse_seeds(value: str | int | Sequence[int], first: int = 0) -> list[int]:
     return seeds
 
 
-def plan_group(seeds: str | None, jobs: int | None, target: float | None, first: int = 0) -> list[int]:
-    """The seeds ``--seeds`` names (from ``first``, ``--seed``), with ``--jobs`` and ``--target`` checked against them."""
+def plan_group(seeds: str | None, jobs: int | None, target: float | None, first: int = 0,
+               resuming: bool = False) -> list[int]:
+    """The seeds ``--seeds`` names (from ``first``, ``--seed``), with ``--jobs`` and ``--target`` checked against
+    them; ``resuming``: ``--resume`` was given with them, of a single run (a group resumes with its own seeds)."""
+    if resuming:
+        raise UsageError("--seeds starts a group; --resume RUN continues one run (and --resume GROUP a group, with "
+                         "its own seeds): give one of them")
     if seeds is None:
         what = "--jobs trains seeds at once" if jobs is not None else "--target tests a group's mean"
         raise UsageError(f"{what}: give --seeds N too")
