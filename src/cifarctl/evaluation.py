@@ -18,7 +18,7 @@ from cifarctl.models import is_model
 from cifarctl.models.spec import ModelSource, build_model
 from cifarctl.progress import NullProgress, Progress
 from cifarctl.run.checkpoint import load_checkpoint, load_weights
-from cifarctl.run.config import SELECTIVE, TrainConfig
+from cifarctl.run.config import DEFAULT_TTA_FRACTION, SELECTIVE, TrainConfig
 
 
 @dataclass
@@ -53,9 +53,6 @@ class EvalResult:
         return {"model": self.model, "checkpoint": self.checkpoint, "accuracy": self.accuracy, "loss": self.loss,
                 "images": self.images, "per_class": self.per_class, "per_class_loss": self.per_class_loss,
                 "confusion": self.confusion, **self.extra}
-
-
-DEFAULT_TTA_FRACTION = 0.25  # selective TTA looks twice at this share of the test images (the record's)
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, level: int = 0, plain: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05, "muon": 0.02}
 # Test-time augmentation: 0 none, 1 flip, 2 flip and 1-pixel shifts, "selective" level 2 for the least
 # confident images only (``cifarctl.evaluation``).
 SELECTIVE = "selective"
+DEFAULT_TTA_FRACTION = 0.25  # selective TTA looks twice at this share of the test images (the record's)
 TTA_LEVELS: tuple[int | str, ...] = (0, 1, 2, SELECTIVE)
 
 
@@ -110,7 +111,7 @@ class TrainConfig:
     # Test-time augmentation of the final evaluation: 0, 1 (flip), 2 (flip and shift), or "selective": every
     # image once, then level 2 for the tta_fraction least confident (the current record's).
     tta: int | str = 0
-    tta_fraction: float = 0.25
+    tta_fraction: float = DEFAULT_TTA_FRACTION
     val_split: int = 0               # hold out N training images (stratified) for per-epoch eval and best.pt
     eval_every: int = 1              # epochs between evaluations; 0: only at the end (the end always is)
     mean: tuple[float, float, float] = MEAN
@@ -267,7 +268,7 @@ def recipe_summary(values: dict[str, Any]) -> str:
         parts.append("alternating flip")
     if any(cfg.color_jitter):
         parts.append("brightness/contrast {:g}/{:g}".format(*cfg.color_jitter))
-    if cfg.tta == "selective":
+    if cfg.tta == SELECTIVE:
         parts.append(f"selective tta ({cfg.tta_fraction:.0%})")
     elif cfg.tta:
         parts.append(f"tta {cfg.tta}")

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from cifarctl.device import autocast_dtype, sync_device
-from cifarctl.evaluation import DEFAULT_TTA_FRACTION, levels_upto, tta_logits, tta_views
-from cifarctl.run.config import SELECTIVE
+from cifarctl.evaluation import levels_upto, tta_logits, tta_views
+from cifarctl.run.config import DEFAULT_TTA_FRACTION, SELECTIVE
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh])")

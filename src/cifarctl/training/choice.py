@@ -33,10 +33,9 @@ import torch
 from cifarctl.allocator import keeps_memory, kept_memory
 from cifarctl.device import autocast_dtype, sync_device
 from cifarctl.errors import UsageError
-from cifarctl.models.registry import families
-from cifarctl.run.config import TrainConfig
 from cifarctl.evaluation import levels_upto
-from cifarctl.run.config import SELECTIVE
+from cifarctl.models.registry import families
+from cifarctl.run.config import SELECTIVE, TrainConfig
 from cifarctl.training.budget import format_duration, reserve_for, time_eval_levels, tta_preference
 from cifarctl.training.frontier import Candidate, Frontier, shipped_frontier
 
