@@ -3,9 +3,10 @@
 For each checkpoint, the six views of TTA 2 (the images, the one-pixel shifts up-left and down-right,
 each with its mirror image) are computed once for the test images; from them every level's accuracy
 follows exactly as ``evaluate_model`` computes it (TTA 0, 1, 2, and selective at each fraction: level
-2 for the least confident images by the plain pass's top softmax probability, the plain logits for
-the rest). Then each level's cost is timed with ``evaluate_model`` itself (alone on the machine: a
-timing; ``--no-time`` skips it). Prints one row per checkpoint and level, and the means with their spread.
+2 for the least confident images by ``confidence``, the gap between the plain pass's two likeliest
+classes, the plain logits for the rest; beside it, "by top p", the same with the lowest top softmax
+probability, the current record's choice). Then each level's cost is timed with ``evaluate_model``
+itself (alone on the machine: a timing; ``--no-time`` skips it). Prints one row per checkpoint and level, and the means with their spread.
 
     python bench/selective_tta.py airbench94 /tmp/m/g_f5m/seed-*/last.pt
     python bench/selective_tta.py resnet18 runs/*/last.pt --every 5          # every fifth test image
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from cifarctl.data import load_cifar10
 from cifarctl.data.loader import DeviceLoader
-from cifarctl.evaluation import evaluate_model, load_model, tta_logits
+from cifarctl.evaluation import confidence, evaluate_model, load_model, tta_logits
 
 FRACTIONS = (0.1, 0.25, 0.3, 0.35, 0.5, 1.0)
 
@@ -51,13 +52,13 @@ def accuracies(model: torch.nn.Module, loader: DeviceLoader) -> dict[str, float]
             labels.append(y)
     p, l1, l2, y = (torch.cat(t) for t in (plain, level1, level2, labels))
     assert torch.allclose(l2[:8], tta_logits(model, next(iter(loader.epoch(0)))[0][:8], 2), atol=1e-4)
-    confidence = p.softmax(1).max(1).values
     out = {"0": _acc(p, y), "1": _acc(l1, y), "2": _acc(l2, y)}
-    for fraction in FRACTIONS:
-        unsure = torch.topk(confidence, round(fraction * len(p)), largest=False).indices
-        mixed = p.clone()
-        mixed[unsure] = l2[unsure]
-        out[f"selective {fraction:g}"] = _acc(mixed, y)
+    for name, sureness in (("", confidence(p)), (" by top p", p.softmax(1).max(1).values)):
+        for fraction in FRACTIONS:
+            unsure = torch.topk(sureness, round(fraction * len(p)), largest=False).indices
+            mixed = p.clone()
+            mixed[unsure] = l2[unsure]
+            out[f"selective {fraction:g}{name}"] = _acc(mixed, y)
     return out
 
 
@@ -104,7 +105,7 @@ def main() -> None:
     for key, values in rows.items():
         spread = f" ± {statistics.stdev(values):.2f}" if n > 1 else ""
         gap = [v - w for v, w in zip(values, rows["2"])]
-        print(f"  TTA {key:>15}: {statistics.mean(values):.2f}%{spread}   against TTA 2: "
+        print(f"  TTA {key:>24}: {statistics.mean(values):.2f}%{spread}   against TTA 2: "
               f"{statistics.mean(gap):+.3f} ({min(gap):+.2f} to {max(gap):+.2f})")
     for key, values in times.items():
         spread = f" ± {statistics.stdev(values):.1f}" if n > 1 else ""

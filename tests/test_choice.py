@@ -188,7 +188,7 @@ def test_the_tta_level_is_chosen_by_what_it_buys_against_the_steps_it_costs() ->
     long = choose_tta_by_frontier(_plan_at(2.0, level_s, 5000), 2, c.accuracy)
     assert long.tta == 2 and long.note == ""  # past the frontier's longest run the steps buy nothing more
     # Selective TTA at a cost of its own (2.5 s a batch, 50 s) buys more: 116 steps, 2.37 epochs, at level 2's
-    # 83.2% less the 0.12 it gives up (SELECTIVE_LOSS).
+    # 83.2% less the 0.07 it gives up (SELECTIVE_LOSS).
     cheap = choose_tta_by_frontier(_plan_at(2.0, {**level_s, "selective": 2.5}, 300), 2, c.accuracy)
     assert cheap.tta == "selective" and cheap.steps == 116 and "83.1%" in cheap.note
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cifarctl.data.loader import DeviceLoader
-from cifarctl.evaluation import evaluate_model, levels_upto, tta_logits, tta_views
+from cifarctl.evaluation import confidence, evaluate_model, levels_upto, tta_logits, tta_views
 from cifarctl.models import create_model
 from cifarctl.run.config import SELECTIVE, TrainConfig, parse_tta
 from cifarctl.training import TrainingInterrupted, resume, train
@@ -80,27 +80,29 @@ def test_brightness_and_contrast_are_drawn_per_image_within_their_ranges_and_per
 
 
 class Scorer(nn.Module):
-    """A model whose confidence is known: logit 0 of each image is its first pixel, times 10."""
+    """A model whose confidence is known: the logits of each image are its first ten pixels, twice, and a
+    pixel of the middle (a shifted or flipped view sees other pixels)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(len(x), 10)
-        out[:, 0] = 10 * x[:, 0, 0, 0] + x[:, 0, 5, 5]  # a shifted or flipped view moves the second term
-        return out
+        return 2 * x[:, 0, 0, :10] + x[:, 1, 5, 5:6]
 
 
-def test_selective_tta_looks_again_at_the_least_confident_only() -> None:
+def test_selective_tta_looks_again_where_the_two_likeliest_classes_are_closest() -> None:
     data = tiny_dataset(test=40)
     loader = DeviceLoader(data.test_images, data.test_labels, 16, "cpu", train=False)
     model = Scorer()
     x = torch.cat([b for b, _ in loader.epoch(0)])
     plain, full = model(x), tta_logits(model, x, 2)
-    confidence = plain.softmax(1).max(1).values
-    unsure = set(torch.topk(confidence, 10, largest=False).indices.tolist())  # a quarter of 40
+    top = plain.softmax(1).topk(2, dim=1).values
+    unsure = set(torch.topk(top[:, 0] - top[:, 1], 10, largest=False).indices.tolist())  # a quarter of 40
+    by_top_probability = set(torch.topk(top[:, 0], 10, largest=False).indices.tolist())
+    assert unsure != by_top_probability  # the two ways of being unsure pick different images here
     expected = torch.stack([full[i] if i in unsure else plain[i] for i in range(40)])
     result = evaluate_model(model, loader, tta=SELECTIVE, tta_fraction=0.25)
     by_hand = torch.nn.functional.cross_entropy(expected, data.test_labels.long()).item()
     assert result.loss == pytest.approx(by_hand, rel=1e-6) and result.extra["tta_fraction"] == 0.25
     assert result.accuracy == pytest.approx(100 * (expected.argmax(1) == data.test_labels).float().mean().item())
+    assert torch.equal(confidence(plain), top[:, 0] - top[:, 1])
     # All of them: exactly level 2, batch for batch.
     every = evaluate_model(model, loader, tta=SELECTIVE, tta_fraction=1.0)
     level2 = evaluate_model(model, loader, tta=2)
