@@ -6,7 +6,8 @@ follows exactly as ``evaluate_model`` computes it (TTA 0, 1, 2, and selective at
 2 for the least confident images by ``confidence``, the gap between the plain pass's two likeliest
 classes, the plain logits for the rest; beside it, "by top p", the same with the lowest top softmax
 probability, the current record's choice). Then each level's cost is timed with ``evaluate_model``
-itself (alone on the machine: a timing; ``--no-time`` skips it). Prints one row per checkpoint and level, and the means with their spread.
+itself (alone on the machine: a timing; ``--no-time`` skips it). Prints one row per checkpoint and
+level, and the means with their spread.
 
     python bench/selective_tta.py airbench94 /tmp/m/g_f5m/seed-*/last.pt
     python bench/selective_tta.py resnet18 runs/*/last.pt --every 5          # every fifth test image

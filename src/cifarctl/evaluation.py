@@ -85,7 +85,7 @@ def levels_upto(tta: int | str) -> tuple[int | str, ...]:
 def confidence(logits: torch.Tensor) -> torch.Tensor:
     """How sure a model is of each image: the gap between the softmax probabilities of its two likeliest
     classes. Selective TTA looks again where it is smallest, where a second look can change the answer: on
-    the real images it gives up about half of what the top probability alone does (docs/accuracy.md)."""
+    the real images it gives up less than half of what the top probability alone does (docs/accuracy.md)."""
     probabilities = logits.float().softmax(1)
     if probabilities.shape[1] < 2:
         return probabilities[:, 0]
