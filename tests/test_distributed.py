@@ -57,6 +57,7 @@ def _rank_main(rank: int, world_size: int, port: int, out: str, config=_config) 
     result = trainer.run()
     torch.save({"weights": trainer.model.state_dict(), "accuracy": result.test_accuracy},
                Path(out) / f"rank{rank}.pt")
+    ddp.barrier()  # both ranks done before the group goes, as distributed_session does (gloo aborts otherwise)
     ddp.shutdown()
 
 
