@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -19,13 +20,13 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from cifarctl.cli import app
-from cifarctl.errors import UsageError
+from cifarctl.errors import CheckpointError, UsageError
 from cifarctl.progress import NullProgress
 from cifarctl.run.config import TrainConfig
 from cifarctl.run.group import GroupRecord, read_group, write_group
 from cifarctl.stats import compare, summarize
 from cifarctl.training import TrainingInterrupted, train
-from cifarctl.training.seeds import parse_seeds, resume_group, train_group
+from cifarctl.groups import parse_seeds, resume_group, train_group
 
 from conftest import tiny_dataset, weights_digest
 
@@ -102,7 +103,7 @@ class StopInSeed(NullProgress):
 def test_a_group_summarises_its_seeds_each_the_single_run_of_its_seed(tmp_path: Path) -> None:
     cfg = seeds_cfg(save_every=1)
     done: list[int] = []
-    from cifarctl.training.seeds import GroupHooks
+    from cifarctl.groups import GroupHooks
 
     group = train_group(cfg, [0, 1, 2], data(), tmp_path / "group", target=10.0,
                         hooks=GroupHooks(seed_done=lambda result, i, n: done.append(result.seed)))
@@ -130,7 +131,7 @@ def test_a_group_stopped_in_its_second_seed_resumes_to_the_same_results(tmp_path
     cfg = seeds_cfg(save_every=1)
     whole = train_group(cfg, [0, 1, 2], data(), tmp_path / "whole")
     stop = threading.Event()
-    from cifarctl.training.seeds import GroupHooks
+    from cifarctl.groups import GroupHooks
 
     with pytest.raises(TrainingInterrupted):
         train_group(cfg, [0, 1, 2], data(), tmp_path / "cut", hooks=GroupHooks(progress=StopInSeed(stop, "seed 2/3", 2)),
@@ -204,14 +205,26 @@ def test_a_group_from_the_command_line(cached, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert [r["seed"] for r in shown["runs"]] == [4, 5] and shown["summary"]["n"] == 2
-    assert shown["summary"]["target"] == 5.0 and set(shown["summary"]) >= {"mean", "std", "ci95", "min", "max",
-                                                                           "seconds_mean", "reached", "p_value"}
+    values = np.array([r["test_accuracy"] for r in shown["runs"]])
+    summary = shown["summary"]
+    assert summary["mean"] == pytest.approx(values.mean()) and summary["target"] == 5.0
+    assert (summary["min"], summary["max"]) == (values.min(), values.max())
+    assert summary["reached"] == int((values >= 5.0).sum())
+    assert summary["seconds_mean"] == pytest.approx(np.mean([r["seconds"] for r in shown["runs"]]))
+    if values.std() > 0:
+        assert summary["std"] == pytest.approx(values.std(ddof=1))
+        assert summary["p_value"] == pytest.approx(stats.ttest_1samp(values, 5.0, alternative="greater").pvalue)
+    else:
+        assert summary["std"] == 0.0 and summary["ci95"] is None and summary["p_value"] is None
     assert "seed 2/2 (5)" in result.output
     listed = CliRunner().invoke(app, ["runs", "--json"])
     groups = [r for r in json.loads(listed.stdout) if r["kind"] == "group"]
     assert [g["path"] for g in groups] == [str(out)] and groups[0]["n"] == 2 and groups[0]["state"] == "finished"
-    again = CliRunner().invoke(app, ["train", "airbench94_quarter", "--resume", str(out), "--offline"])
-    assert again.exit_code == 0 and "finished" in again.output
+    again = CliRunner().invoke(app, ["train", "airbench94_quarter", "--resume", str(out), "--offline", "--json"])
+    assert again.exit_code == 0, again.output
+    resumed = json.loads(again.stdout)
+    assert resumed["state"] == "finished" and resumed["runs"] == shown["runs"]  # nothing trained again
+    assert "seed 1/2 (4):" not in again.output and "2 of 2 seeds done" in again.output
 
 
 def _ranks_main(rank: int, world: int, port: int, out: str) -> None:
@@ -245,8 +258,117 @@ def test_under_torchrun_the_ranks_split_the_seeds(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
 
 
-def test_jobs_train_seeds_side_by_side(tmp_path: Path) -> None:
-    group = train_group(seeds_cfg(), [0, 1], data(), tmp_path / "group", jobs=2)
+def test_jobs_train_each_seed_as_its_single_run_on_the_commands_dataset(tmp_path: Path) -> None:
+    loads: list[int] = []
+
+    def load():  # what the command loaded with its flags: called once, here, never in a job
+        loads.append(os.getpid())
+        return data()
+
+    group = train_group(seeds_cfg(), [0, 1], load, tmp_path / "group", jobs=2)
     assert group.state == "finished" and [r.seed for r in group.runs] == [0, 1]
-    assert read_group(tmp_path / "group").jobs == 2
-    assert all((tmp_path / "group" / f"seed-{s}" / "last.pt").is_file() for s in (0, 1))
+    assert loads == [os.getpid()] and read_group(tmp_path / "group").jobs == 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each of the two jobs had one of the two cores
+    try:
+        for seed in (0, 1):
+            single = train(seeds_cfg(seed=seed), data(), tmp_path / f"single-{seed}")
+            assert weights_digest(tmp_path / "group" / f"seed-{seed}") == weights_digest(tmp_path / f"single-{seed}")
+            assert group.runs[seed].test_accuracy == single.test_accuracy
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("extra", [[], ["--jobs", "2"]])
+def test_a_group_that_cannot_load_its_data_leaves_nothing_behind(home: Path, tmp_path: Path, extra) -> None:
+    out = tmp_path / "group"
+    result = CliRunner().invoke(app, ["train", "airbench94_quarter", "--seeds", "2", *extra, "--epochs", "1",
+                                      "--device", "cpu", "--offline", "--out", str(out)])
+    assert result.exit_code != 0 and "--offline is set" in result.output and result.output.count("error:") == 1
+    assert "Traceback" not in result.output and "download" not in result.output.split("--offline")[0]
+    assert not out.exists()
+    listed = CliRunner().invoke(app, ["runs", "--json"])
+    assert json.loads(listed.stdout) == []
+
+
+def _stopped_group(tmp_path: Path, **values: object) -> Path:
+    """A group of seeds 0, 1 and 2 stopped two steps into its second seed."""
+    stop = threading.Event()
+    from cifarctl.groups import GroupHooks
+
+    with pytest.raises(TrainingInterrupted):
+        train_group(seeds_cfg(save_every=1, **values), [0, 1, 2], data(), tmp_path / "cut",
+                    hooks=GroupHooks(progress=StopInSeed(stop, "seed 2/3", 2)), stop=stop)
+    return tmp_path / "cut"
+
+
+def test_a_group_resumes_with_the_overrides_a_run_resumes_with(cached, tmp_path: Path) -> None:
+    group = _stopped_group(tmp_path, data="cifar10")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "airbench94_quarter", "--resume", str(group), "--device", "cuda",
+                                  "--offline"])
+    assert refused.exit_code == 2 and refused.output.count("error:") == 1 and "cuda" in refused.output.lower()
+    assert read_group(group).runs[0]["seed"] == 0 and len(read_group(group).runs) == 1  # nothing trained
+    refused = runner.invoke(app, ["train", "airbench94_quarter", "--resume", str(group), "--lr", "0.5", "--offline"])
+    assert refused.exit_code == 2 and "--lr cannot change" in refused.output and refused.output.count("error:") == 1
+    refused = runner.invoke(app, ["train", "airbench94_quarter", "--resume", str(group), "--seeds", "4", "--offline"])
+    assert refused.exit_code == 2 and "drop --seeds" in refused.output
+    # --epochs 3: every seed goes on to 3 epochs, the finished seed 0 too, as a finished run would
+    done = runner.invoke(app, ["train", "airbench94_quarter", "--resume", str(group), "--epochs", "3", "--device",
+                               "cpu", "--offline", "--json"])
+    assert done.exit_code == 0, done.output
+    shown = json.loads(done.stdout)
+    assert shown["state"] == "finished" and [r["epochs"] for r in shown["runs"]] == [3.0, 3.0, 3.0]
+    assert read_group(group).config["epochs"] == 3
+    for seed in (0, 1, 2):
+        state = torch.load(group / f"seed-{seed}" / "last.pt", weights_only=True)
+        assert state["config"]["epochs"] == 3 and state["config"]["device"] == "cpu"
+
+
+def test_a_seed_folder_of_other_settings_is_refused_by_name(tmp_path: Path) -> None:
+    group = _stopped_group(tmp_path)
+    shutil.rmtree(group / "seed-1")
+    train(seeds_cfg(seed=1, save_every=1, label_smoothing=0.3), data(), group / "seed-1")
+    with pytest.raises(CheckpointError, match=r"seed-1 is not a seed of this group: it was trained with "
+                                              r"label_smoothing=0.3 \(the group's: 0.2\)"):
+        resume_group(group, data())
+    assert len(read_group(group).runs) == 1  # seed 0's, as before
+
+
+def test_two_resumes_of_one_group_one_trains_one_refuses(cached, tmp_path: Path) -> None:
+    from cifarctl.run.folder import run_lock
+
+    group = _stopped_group(tmp_path, data="cifar10")
+    with run_lock(group, writer=True):  # another `--resume GROUP` is training it
+        refused = CliRunner().invoke(app, ["train", "airbench94_quarter", "--resume", str(group), "--offline"])
+    assert refused.exit_code != 0 and refused.output.count("error:") == 1 and "in use" in refused.output
+    assert len(read_group(group).runs) == 1
+    done = CliRunner().invoke(app, ["train", "airbench94_quarter", "--resume", str(group), "--offline", "--json"])
+    assert done.exit_code == 0 and json.loads(done.stdout)["state"] == "finished"
+
+
+def test_a_group_without_spread_claims_no_interval_and_no_test(tmp_path: Path) -> None:
+    alike = summarize([84.0, 84.0, 84.0], [10.0, 11.0, 12.0], target=83.0)
+    assert alike.std == 0.0 and alike.ci95 is None and alike.p_value is None and alike.reached == 3
+    assert "no spread" in alike.describe() and "n=3" in alike.describe()
+    assert "no spread: no test" in alike.describe_target() and "one seed" not in alike.describe_target()
+    both = compare([84.0, 84.0, 84.0], [85.0, 85.0, 85.0])
+    assert both.p_value is None and both.ci95 is None and both.difference == pytest.approx(1.0)
+    assert "neither group's seeds vary" in both.sentence and "one seed" not in both.sentence
+    one_varies = compare([84.0, 84.0, 84.0], [85.0, 85.5, 84.5])
+    assert one_varies.p_value == pytest.approx(stats.ttest_ind([85.0, 85.5, 84.5], [84.0] * 3, equal_var=False).pvalue)
+    a = _group(tmp_path / "a", [84.0, 84.0, 84.0], [10, 10, 10])
+    b = _group(tmp_path / "b", [85.0, 85.0, 85.0], [10, 10, 10])
+    shown = CliRunner().invoke(app, ["runs", "compare", str(a), str(b), "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["p_value"] is None
+    assert json.loads(shown.stdout)["ci95"] is None
+    listed = CliRunner().invoke(app, ["runs", str(a), "--json"])
+    assert json.loads(listed.stdout)["summary"]["ci95"] is None and json.loads(listed.stdout)["summary"]["std"] == 0.0
+
+
+def test_a_damaged_state_is_refused_on_read(tmp_path: Path) -> None:
+    folder = _group(tmp_path / "g", [84.0, 84.5], [10, 10])
+    text = (folder / "summary.json").read_text().replace('"finished"', '"half-done"')
+    (folder / "summary.json").write_text(text)
+    with pytest.raises(CheckpointError, match="damaged.*half-done"):
+        read_group(folder)

@@ -8,9 +8,11 @@ keeps its hyperparameters, learning rate included, whatever the number of proces
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -144,3 +146,20 @@ def shutdown() -> None:
 def process_rank() -> int:
     """This process's rank as torchrun set it (0 alone), before any process group is joined."""
     return int(os.environ.get("RANK", "0"))
+
+
+@contextlib.contextmanager
+def gloo_session(timeout: datetime.timedelta) -> Iterator[None]:
+    """Under torchrun, a gloo process group for barriers and small messages only (no gradients), joined here
+    unless the caller joined one, and left here after a last barrier (gloo aborts a rank that leaves first).
+    ``timeout``: how long a rank may wait at a barrier for the others. Without torchrun: nothing."""
+    joined = launched_by_torchrun() and not dist.is_initialized()
+    if joined:
+        dist.init_process_group("gloo", timeout=timeout)
+    try:
+        yield
+        if joined:
+            barrier()
+    finally:
+        if joined:
+            shutdown()

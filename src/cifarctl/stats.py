@@ -29,8 +29,8 @@ class Summary:
 
     n: int
     mean: float
-    std: float | None                   # sample (n - 1); None for one seed
-    ci95: tuple[float, float] | None    # of the mean (Student's t); None for one seed
+    std: float | None                   # sample (n - 1); None for one seed, 0 for seeds all alike
+    ci95: tuple[float, float] | None    # of the mean (Student's t); None for one seed or no spread
     min: float
     max: float
     seconds_mean: float | None = None
@@ -47,15 +47,20 @@ class Summary:
         """``n=3: 45.07% ± 0.41 (mean ± std), 95% CI 44.05-46.09, min 44.61%, max 45.40%``"""
         if self.n == 1:
             return f"n=1: {self.mean:.2f}% (one seed: no spread; give --seeds 3 or more to compare)"
-        assert self.std is not None and self.ci95 is not None
+        if self.ci95 is None:
+            return (f"n={self.n}: {self.mean:.2f}%, every seed alike: no spread, so no interval and no test (a "
+                    "spread of 0 says the seeds did not vary, not that the mean is certain)")
+        assert self.std is not None
         return (f"n={self.n}: {self.mean:.2f}% ± {self.std:.2f} (mean ± std), 95% CI {self.ci95[0]:.2f}-"
                 f"{self.ci95[1]:.2f}, min {self.min:.2f}%, max {self.max:.2f}%")
 
     def describe_target(self) -> str:
         """``2 of 3 seeds reached 45.00%; mean above it: p = 0.041 (one-sided t-test)``"""
         assert self.target is not None
-        test = (f"; mean above it: p = {self.p_value:.3g} (one-sided t-test)" if self.p_value is not None else
-                "; one seed cannot test the mean")
+        if self.p_value is not None:
+            test = f"; mean above it: p = {self.p_value:.3g} (one-sided t-test)"
+        else:
+            test = "; one seed cannot test the mean" if self.n == 1 else "; no spread: no test of the mean"
         return f"{self.reached} of {self.n} seeds reached {self.target:.2f}%{test}"
 
 
@@ -73,11 +78,12 @@ def summarize(accuracies: Sequence[float], seconds: Sequence[float] | None = Non
     std = ci95 = p_value = None
     if n >= 2:
         std = float(values.std(ddof=1))
-        sem = float(stats.sem(values))
-        low, high = (mean, mean) if sem == 0 else stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=sem)
-        ci95 = (float(low), float(high))
-        if target is not None:
-            p_value = _finite(stats.ttest_1samp(values, target, alternative="greater").pvalue)
+        if std > 0:  # no spread (every seed alike): no interval and no test, rather than a certainty from nothing
+            sem = float(stats.sem(values))
+            low, high = stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=sem)
+            ci95 = (float(low), float(high))
+            if target is not None:
+                p_value = _finite(stats.ttest_1samp(values, target, alternative="greater").pvalue)
     reached = int((values >= target).sum()) if target is not None else None
     seconds_mean = float(np.mean(seconds)) if seconds is not None and len(seconds) else None
     return Summary(n, mean, std, ci95, float(values.min()), float(values.max()), seconds_mean, target, reached,
@@ -116,7 +122,7 @@ def compare(a: Sequence[float], b: Sequence[float], seconds_a: Sequence[float] |
         raise ValueError("each group needs at least one finished seed to compare")
     difference = float(xb.mean() - xa.mean())
     ci95 = p_value = None
-    if len(xa) >= 2 and len(xb) >= 2:
+    if len(xa) >= 2 and len(xb) >= 2 and (xa.std() > 0 or xb.std() > 0):
         test = stats.ttest_ind(xb, xa, equal_var=False)
         p_value = _finite(test.pvalue)
         interval = test.confidence_interval(CONFIDENCE)
@@ -131,9 +137,12 @@ def compare(a: Sequence[float], b: Sequence[float], seconds_a: Sequence[float] |
 
 def _sentence(difference: float, p_value: float | None, n_a: int, n_b: int) -> str:
     sizes = f"n={n_a}" if n_a == n_b else f"n={n_a} and n={n_b}"
-    if p_value is None:
+    if p_value is None and min(n_a, n_b) == 1:
         return (f"no difference can be shown at {sizes}: a group of one seed has no spread (give each --seeds 3 "
                 "or more)")
+    if p_value is None:
+        return (f"no difference can be tested at {sizes} (B - A = {difference:+.2f} points): neither group's seeds "
+                "vary, so there is no spread to test it against")
     if p_value < SIGNIFICANCE and difference != 0:
         better = "better" if difference > 0 else "worse"
         return f"B is {better} by {abs(difference):.2f} points, p = {p_value:.3g}"

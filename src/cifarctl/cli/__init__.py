@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import typer
 
@@ -14,6 +13,7 @@ from cifarctl.cli.evaluate import evaluate
 from cifarctl.cli.export import export
 from cifarctl.cli.inspect import inspect
 from cifarctl.cli.models import models
+from cifarctl.cli import process
 from cifarctl.cli.options import ImagesAfterCkptCommand, OptionalValueCommand
 from cifarctl.cli.predict import predict
 from cifarctl.cli.runs import runs
@@ -57,26 +57,9 @@ app.command()(models)
 QUICK_EXIT = {"inspect", "predict", "export", "evaluate", "models", "runs"}
 
 
-# time.monotonic() at this process's start, when main() is its entry point (a time budget counts from
-# there, interpreter start-up included); None when the app is called in-process (tests, notebooks).
-PROCESS_STARTED: float | None = None
-
-
-def process_age() -> float:
-    """Seconds since this process started (Linux: /proc); 0 elsewhere."""
-    try:
-        with open("/proc/self/stat") as stat, open("/proc/uptime") as up:
-            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
-            uptime = float(up.read().split()[0])
-        return max(uptime - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return 0.0
-
-
 def main() -> None:
     """Console-script entry point."""
-    global PROCESS_STARTED
-    PROCESS_STARTED = time.monotonic() - process_age()
+    process.mark_started()
     try:
         app()
     except SystemExit as done:

@@ -140,7 +140,7 @@ def render_group(model: str, runs: list[dict[str, Any]], summary: dict[str, Any]
 
 def _compare(args: list[str], json_output: bool) -> None:
     from cifarctl.errors import UsageError
-    from cifarctl.run.group import compare_folders
+    from cifarctl.run.compare import compare_folders
 
     if len(args) != 2:
         raise UsageError("`cifarctl runs compare A B` takes two folders: groups of seeds, or runs (a group of one)")

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from cifarctl.cli.process import stop_on_signals
 from cifarctl.cli.render import RichLanes, RichProgress, out_console, print_json
 
 if TYPE_CHECKING:
-    from cifarctl.cli.train import TrainCommand
-    from cifarctl.training.seeds import GroupResult, SeedResult
+    from cifarctl.cli.train_run import TrainCommand
+    from cifarctl.groups import GroupResult, SeedResult
 
 
 class GroupCommand:
@@ -27,7 +28,6 @@ class GroupCommand:
 
     def run(self) -> None:
         from cifarctl.training import TrainingInterrupted
-        from cifarctl.cli.train import stop_on_signals
 
         self.command.check_extras()
         stop, received = threading.Event(), []
@@ -49,7 +49,7 @@ class GroupCommand:
 
     def start(self, stop: threading.Event) -> GroupResult:
         """A new group: the request once (a family's choice too), then every seed of it."""
-        from cifarctl.training.seeds import DEFAULT_JOBS, plan_group, train_group
+        from cifarctl.groups import DEFAULT_JOBS, plan_group, train_group
 
         cmd = self.command
         seeds = plan_group(self.seeds, self.jobs, self.target, first=cmd.settings.get("seed") or 0,
@@ -65,15 +65,15 @@ class GroupCommand:
 
     def resume(self, stop: threading.Event) -> GroupResult:
         """``--resume GROUP``: the seeds it has not finished, with the group's own settings."""
+        from cifarctl.groups import check_group_flags, resume_group
         from cifarctl.run.group import read_group
-        from cifarctl.training.seeds import check_resumable, resume_group
 
         cmd = self.command
         group_dir = Path(cmd.resume).expanduser()  # type: ignore[arg-type]
         record = read_group(group_dir)
-        check_resumable(cmd.settings, self.seeds, self.target)
+        check_group_flags(self.seeds, self.target)
         self.err.print(f"resuming the group in {group_dir}: {len(record.runs)} of {len(record.seeds)} seeds done")
-        return resume_group(group_dir, self.dataset(record.config["data"]), cmd.model,
+        return resume_group(group_dir, self.dataset(record.config["data"]), cmd.model, cmd.settings,
                             self.hooks(len(record.seeds), self.jobs or record.jobs), stop, self.jobs, cmd.clock)
 
     def dataset(self, choice: str) -> Any:
@@ -85,7 +85,7 @@ class GroupCommand:
         return load
 
     def hooks(self, count: int, jobs: int) -> Any:
-        from cifarctl.training.seeds import GroupHooks
+        from cifarctl.groups import GroupHooks
 
         progress = RichProgress(self.err, enabled=self.command.is_main)
         return GroupHooks(progress=progress, notify=lambda text: self.err.print(text, highlight=False),

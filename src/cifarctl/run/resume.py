@@ -14,6 +14,24 @@ RESUMABLE = frozenset({"epochs", "device", "max_steps", "eval", "save_every", "l
                        "keep_memory"})
 
 
+# What a run fixes itself when it starts, over what it was asked: the schedule's length (unless asked for),
+# and under a time budget its length and final TTA level (``Trainer._apply_plan``).
+FIXED_AT_START = ("schedule_steps",)
+FIXED_BY_BUDGET = ("epochs", "max_steps", "tta")
+
+
+def unlike(asked: TrainConfig, trained: TrainConfig, ignore: frozenset[str] = RESUMABLE) -> list[str]:
+    """The settings in which a run ``trained`` with its stored config differs from one ``asked`` for: what the run
+    fixed itself where ``asked`` left it open, and the ``ignore``d ones (default: what a resume may change), not
+    counted. Usage: ``unlike(group_seed_config, load_run(folder)[0])``"""
+    mine, theirs = asked.to_dict(), trained.to_dict()
+    fixed = {k for k in FIXED_AT_START if mine.get(k) is None}
+    if asked.time_budget is not None:
+        fixed |= set(FIXED_BY_BUDGET)
+    return sorted(k for k in mine.keys() | theirs.keys()
+                  if k not in ignore and k not in fixed and mine.get(k) != theirs.get(k))
+
+
 def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The config and last checkpoint of the run in ``run_dir``."""
     state = load_checkpoint(run_dir / "last.pt")

@@ -4,8 +4,10 @@ Where a net uses a machine's cores poorly, seeds side by side, each on its share
 group sooner than one after the other on all of them; on the 2-core Zen 3 measured here none of the
 airbench family did (``seeds.DEFAULT_JOBS``, docs/performance.md), on more cores or other nets it may
 be otherwise: ``--jobs`` says so for a machine and model you have measured. The processes take seeds
-from a queue, train each exactly as a single run (``seeds._one_seed``) and send their progress and
-results back; this process, which holds the group's lock, writes ``summary.json``. A stop request (or
+from a queue, train each exactly as a single run (``seed.train_seed``) on the dataset the group's
+command loaded (with its ``--data``, ``--offline`` and ``--verify``: loaded once, before any job starts,
+and shared with them through torch's shared memory, so no job reads the cache or downloads) and send
+their progress and results back; this process, which holds the group's lock, writes ``summary.json``. A stop request (or
 Ctrl-C, which the terminal sends to every process) makes each save its seed and stop; a job whose
 parent dies is stopped the same way (Linux), so a killed group leaves no orphan training.
 """
@@ -22,10 +24,12 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from cifarctl.data.cifar10 import CIFAR10
 from cifarctl.errors import CifarctlError
+from cifarctl.groups.plan import os_cores
+from cifarctl.groups.seed import GroupHooks, SeedResult, train_seed
 from cifarctl.run.group import GroupRecord, seed_dir
 from cifarctl.training.result import TrainingInterrupted
-from cifarctl.training.seeds import GroupHooks, SeedResult, _one_seed, os_cores
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
@@ -35,19 +39,17 @@ def threads_per_job(jobs: int) -> int:
     return max(1, os_cores() // jobs)
 
 
-def run_jobs(record: GroupRecord, group_dir: Path, seeds: list[int], data: Any, hooks: GroupHooks,
+def run_jobs(record: GroupRecord, group_dir: Path, seeds: list[int], data: CIFAR10, hooks: GroupHooks,
              stop: threading.Event | None, finished: Callable[[SeedResult], None]) -> None:
-    """Train ``seeds`` in ``record.jobs`` processes; ``finished(result)`` as each seed ends (in this process)."""
-    from cifarctl.data.cifar10 import CIFAR10
-
+    """Train ``seeds`` on ``data`` in ``record.jobs`` processes; ``finished(result)`` as each seed ends (in this
+    process)."""
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
     todo, events = context.Queue(), context.Queue()
     jobs = min(record.jobs, len(seeds))
     for seed in [*seeds, *[None] * jobs]:
         todo.put(seed)
-    given = data if isinstance(data, CIFAR10) else None  # else each job loads the group's --data itself
     workers = [context.Process(target=_job, name=f"cifarctl-job-{job}", daemon=False,
-                               args=(job, str(group_dir), record.to_dict(), todo, events, threads_per_job(jobs), given))
+                               args=(job, str(group_dir), record.to_dict(), todo, events, threads_per_job(jobs), data))
                for job in range(jobs)]
     for worker in workers:
         worker.start()
@@ -119,11 +121,10 @@ class _QueueProgress:
         self._send("relabel", description)
 
 
-def _job(job: int, group_dir: str, record: dict[str, Any], todo: Any, events: Any, threads: int, data: Any) -> None:
+def _job(job: int, group_dir: str, record: dict[str, Any], todo: Any, events: Any, threads: int,
+         data: CIFAR10) -> None:
     """One job's process: its share of the cores, seeds from the queue until there are none (or a stop)."""
     import torch
-
-    from cifarctl.training.api import default_dataset
 
     _stop_with_parent()
     stop = threading.Event()
@@ -132,11 +133,10 @@ def _job(job: int, group_dir: str, record: dict[str, Any], todo: Any, events: An
     torch.set_num_threads(threads)
     group = GroupRecord.from_dict(record)
     try:
-        dataset = data if data is not None else default_dataset(group.config["data"])
         while not stop.is_set() and (seed := todo.get()) is not None:
             events.put(("started", job, seed))
-            result = _one_seed(group, Path(group_dir), seed, dataset, GroupHooks(), stop,
-                               progress=_QueueProgress(job, events))
+            result = train_seed(group, Path(group_dir), seed, data, GroupHooks(), stop,
+                                progress=_QueueProgress(job, events))
             events.put(("done", job, result.to_dict()))
     except TrainingInterrupted as exc:
         events.put(("stopped", job, str(exc.run_dir), exc.global_step))
