@@ -91,7 +91,7 @@ def probe(out: Path, repeats: int) -> None:
     from cifarctl.device import autocast_dtype, uses_channels_last
     from cifarctl.models import create_model
     from cifarctl.models.registry import families
-    from cifarctl.training.budget import time_eval_levels
+    from cifarctl.training.tta_choice import time_eval_levels
 
     device = torch.device("cpu")
     found: dict = {"eval_s_per_image": {}}

@@ -78,7 +78,7 @@ class FixedStopwatch:
 def budget_modules() -> list[Any]:
     """The modules that name ``Stopwatch`` for the budget (where it lives depends on the code's version)."""
     found = []
-    for name in ("cifarctl.training.budget", "cifarctl.training.trainer"):
+    for name in ("cifarctl.training.budget", "cifarctl.training.tta_choice", "cifarctl.training.trainer"):
         try:
             module = importlib.import_module(name)
         except ImportError:

@@ -11,7 +11,8 @@ import pytest
 import importlib
 
 from cifarctl.engine import TrainConfig, TrainingInterrupted, resume, train
-from cifarctl.training.budget import choose_tta, evaluations_before_end, format_duration, parse_duration, plan_steps
+from cifarctl.training.plan import evaluations_before_end, format_duration, parse_duration, plan_steps
+from cifarctl.training.tta_choice import choose_tta
 from cifarctl.training.schedule import build_optimizer, build_scheduler
 from cifarctl.errors import UsageError
 from cifarctl.models import create_model
@@ -19,6 +20,7 @@ from cifarctl.models import create_model
 from conftest import StopAfterAdvances, tiny_dataset
 
 budget_mod = importlib.import_module("cifarctl.training.budget")
+tta_choice_mod = importlib.import_module("cifarctl.training.tta_choice")
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h", 3600), ("1h30m", 5400),
@@ -92,6 +94,7 @@ def fix_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Steps and evaluations "take" ``FixedStopwatch.SECONDS`` while measured; the plan is then never
     lengthened by the real pace (tiny steps far faster than measured would stretch it)."""
     monkeypatch.setattr(budget_mod, "Stopwatch", FixedStopwatch)
+    monkeypatch.setattr(tta_choice_mod, "Stopwatch", FixedStopwatch)
     monkeypatch.setattr(budget_mod, "EXTEND_SHARE", float("inf"))
 
 

@@ -20,7 +20,9 @@ from cifarctl.run.config import TrainConfig
 from cifarctl.models.user import resolve_model
 from cifarctl.trace import inspect_model
 from cifarctl.training import Trainer, request_run, resume, train
-from cifarctl.training.budget import BudgetPlan, RunShape, choose_tta_by_frontier
+from cifarctl.training.budget import RunShape
+from cifarctl.training.plan import BudgetPlan
+from cifarctl.training.tta_choice import choose_tta_by_frontier
 from cifarctl.training.choice import Probe, choose, predict, probe_candidate
 from cifarctl.training.frontier import CHANCE, Candidate, Frontier, frontier_candidate, shipped_frontier
 from cifarctl.training.schedule import build_optimizer

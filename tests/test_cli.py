@@ -214,8 +214,30 @@ def test_models_lists_every_model_with_its_recipe(runner: CliRunner) -> None:
     assert "nesterov sgd lr 11.5 per 1024" in rows["airbench94"]["recipe"] and "2404.00498" in rows["airbench94"]["reference"]
     muon = next(r for r in rows["airbench94"]["recipes"] if r["name"] == "muon")
     assert "batch 2000 in chunks of 1000" in muon["summary"] and "chunks" not in rows["airbench94"]["recipe"]
-    table = runner.invoke(app, ["models"])
-    assert table.exit_code == 0 and "the course's recipe" in table.output
+    half = {r["name"]: r for r in rows["airbench94_half"]["recipes"]}
+    assert half["record"]["measured"] == {"accuracy": 88.45, "n": 3, "std": 0.21, "cpu": "Zen 3, fp32",
+                                          "length": "7.59 epochs, 482 s", "args": ""}
+    assert half["record"]["command"] == "cifarctl train airbench94_half --recipe record"
+    assert half["paper"]["command"] == "cifarctl train airbench94_half"  # the default needs no --recipe
+
+
+def test_models_gives_one_line_a_recipe_and_the_rest_by_name(runner: CliRunner) -> None:
+    table = runner.invoke(app, ["models"], terminal_width=120)
+    assert table.exit_code == 0, table.output
+    rows = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
+    recipes = sum(len(r["recipes"]) for r in rows)
+    lines = [line for line in table.output.splitlines() if "cifarctl train " in line and "│" in line]
+    assert len(lines) == recipes  # one line each, however wide the terminal: no cell wraps
+    half = next(line for line in lines if "cifarctl train airbench94_half --recipe record" in line)
+    assert "88.45% ± 0.21 (n=3), Zen 3, fp32, 7.59 epochs, 482 s" in half
+    assert len(table.output.splitlines()) < recipes + 8
+    one = runner.invoke(app, ["models", "airbench94_half"])
+    assert one.exit_code == 0 and "smoothing 0.09" in one.output  # the record recipe in full
+    assert "train it: cifarctl train airbench94_half --recipe record" in one.output and "reference: measured here" in one.output
+    shown = json.loads(runner.invoke(app, ["models", "airbench94", "--json"]).stdout)
+    assert shown["name"] == "airbench94" and "2404.00498" in shown["recipes"][0]["reference"]
+    unknown = runner.invoke(app, ["models", "airbench49"])
+    assert unknown.exit_code == 2 and "airbench94" in unknown.output and unknown.output.count("error:") == 1
 
 
 def test_resume_takes_the_data_and_model_from_the_run(runner: CliRunner, home: Path, tmp_path: Path,

@@ -14,26 +14,44 @@ from cifarctl.data.loader import DeviceLoader
 from cifarctl.evaluation import confidence, evaluate_model, levels_upto, tta_logits, tta_views
 from cifarctl.models import create_model
 from cifarctl.run.config import SELECTIVE, TrainConfig, parse_tta
-from cifarctl.training import TrainingInterrupted, resume, train
+from cifarctl.training import Trainer, TrainingInterrupted, resume, train
 from cifarctl.training.muon import Muon
 
 from conftest import StopAfterAdvances, make_images, tiny_dataset, weights_digest
 
 
-def test_the_record_recipe_is_the_records() -> None:
-    cfg = TrainConfig.for_model("airbench94", "record")
-    assert (cfg.epochs, cfg.batch_size, cfg.drop_last, cfg.micro_batch) == (7.59, 1536, True, None)
-    assert (cfg.optimizer, cfg.lr, cfg.muon_momentum, cfg.momentum, cfg.nesterov) == ("muon", 0.205, 0.655, 0.825, True)
-    assert (cfg.head_lr, cfg.bias_lr, cfg.weight_decay, cfg.muon_weight_decay) == (0.5415, 0.0573, 1.0418e-6, 1.0418e-6)
-    assert cfg.muon_renorm_every == (2, 15) and cfg.ns_coefficients == (3.4576, -4.7391, 2.0843)
-    assert (cfg.label_smoothing, cfg.color_jitter, cfg.tta, cfg.tta_fraction) == (0.09, (0.1399, 0.1308), SELECTIVE, 0.25)
-    assert (cfg.translate, cfg.pad_mode, cfg.flip, cfg.init_from_data, cfg.ema) == (2, "reflect", "alternate", True, False)
-    assert cfg.model_options == {"logit_scale": 1 / 256, "head_std": 1.0, "whiten_bias_epochs": 0.19,
-                                 "activation": "silu", "bn_momentum": 0.5566, "whiten_images": 960}
-    # 243 steps: the record's ceil(7.59 * 32), its batches of 1536 dropping the last, smaller one
-    loader = DeviceLoader(torch.zeros(50_000, 32, 32, 3, dtype=torch.uint8), torch.zeros(50_000, dtype=torch.long),
-                          1536, "cpu", train=True, drop_last=True)
-    assert len(loader) == 32 and math.ceil(cfg.epochs * len(loader)) == 243
+def test_the_record_recipe_trains_whole_batches_stops_the_stem_bias_and_looks_again_at_the_unsure(tmp_path: Path) -> None:
+    data = tiny_dataset(train=200, test=40)
+    cfg = TrainConfig.for_model("airbench94_quarter", "record", batch_size=64, epochs=2, device="cpu", amp=False,
+                                eval_batch_size=40, save_every=1)
+    start = Trainer(cfg, data, tmp_path / "start").model.whiten.bias.detach().clone()
+    stop = threading.Event()
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, data, tmp_path / "one", progress=StopAfterAdvances(stop, 1), stop=stop)
+    one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    whole = train(cfg, data, tmp_path / "whole")
+    last = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    # drop_last: an epoch is 3 whole batches of 64 (the 8 images left over come in the next epoch's draw)
+    assert last["global_step"] == 6 and whole.epochs_completed == 2
+    # the stem's bias trains for 0.19 epochs (its first step here), then leaves the backward pass
+    assert one["global_step"] == 1 and not torch.equal(one["model"]["whiten.bias"], start)
+    assert torch.equal(last["model"]["whiten.bias"], one["model"]["whiten.bias"])
+    assert not torch.equal(last["model"]["head.weight"], one["model"]["head.weight"])
+    assert whole.tta == SELECTIVE and last["metrics"]["tta"] == SELECTIVE
+
+
+def test_a_stopped_group_leaving_the_backward_pass_changes_no_weight(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaving the backward pass once its lr is zero computes exactly what the zero lr did: the same weights, to
+    the last bit, as the run that keeps computing the stem bias's gradient until the next epoch's hook."""
+    data = tiny_dataset(train=200, test=40)
+    cfg = TrainConfig.for_model("airbench94_quarter", "record", batch_size=64, epochs=2, device="cpu", amp=False,
+                                eval_batch_size=40)
+    left = train(cfg, data, tmp_path / "left")
+    monkeypatch.setattr(Trainer, "_leave_stopped_groups", lambda self: None)
+    kept = train(cfg, data, tmp_path / "kept")
+    assert weights_digest(tmp_path / "left") == weights_digest(tmp_path / "kept")
+    assert left.test_accuracy == kept.test_accuracy and left.global_step == kept.global_step == 6
 
 
 def test_the_record_model_option_changes_only_what_it_names() -> None:
@@ -114,7 +132,25 @@ def test_selective_tta_is_a_level_of_its_own() -> None:
     with pytest.raises(Exception, match="--tta 'three'"):
         parse_tta("three")
     assert levels_upto(2) == (0, 1, SELECTIVE, 2) and levels_upto(SELECTIVE) == (0, 1, SELECTIVE)
-    assert tta_views(SELECTIVE, 0.25) == 2.25 < tta_views(2) / 2  # well under half of level 2's cost: 1 + 5 / 4
+
+
+class Counting(Scorer):
+    """A ``Scorer`` that counts the images it is shown."""
+
+    seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += len(x)
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("tta, fraction", [(0, 0.25), (1, 0.25), (2, 0.25), (SELECTIVE, 0.25), (SELECTIVE, 0.5)])
+def test_an_evaluation_costs_the_passes_its_level_is_priced_at(tta, fraction) -> None:
+    data = tiny_dataset(test=40)
+    loader = DeviceLoader(data.test_images, data.test_labels, 16, "cpu", train=False)
+    model = Counting()
+    evaluate_model(model, loader, tta=tta, tta_fraction=fraction)
+    assert model.seen == pytest.approx(tta_views(tta, fraction) * 40)
 
 
 def test_muon_decays_and_rescales_as_the_record_does() -> None:

@@ -58,3 +58,74 @@ def test_training_names_no_model() -> None:
              for line, word in code_words(ast.parse((SRC / module).read_text(encoding="utf-8")))
              if pattern.search(word)]
     assert found == []
+
+
+def imports_of(path: Path) -> set[str]:
+    """The cifarctl modules ``path`` imports, anywhere in it (inside functions and ``TYPE_CHECKING`` too): a module of
+    a package for ``from package import module``, else the package itself."""
+    module = ".".join(("cifarctl", *path.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([package.rsplit(".", node.level - 1)[0]] + ([base] if base else []))
+            found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names}
+    return {name for name in found if name in MODULES and name != module}
+
+
+MODULES = {".".join(("cifarctl", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
+           for p in SRC.rglob("*.py")}
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every set of modules that import each other round (Tarjan's strongly connected components of two or more)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def test_the_circle_finder_finds_circles() -> None:
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_no_module_imports_itself_round_a_circle() -> None:
+    graph = {".".join(("cifarctl", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__"): imports_of(p)
+             for p in SRC.rglob("*.py")}
+    assert graph["cifarctl.groups.group"] >= {"cifarctl.groups.seed", "cifarctl.training.api"}  # the reader reads
+    assert import_circles(graph) == []
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = [f"{p.relative_to(SRC)} ({n} lines)" for p in sorted(SRC.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400]
+    assert long == []

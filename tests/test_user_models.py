@@ -349,7 +349,7 @@ def test_a_crafted_run_folder_makes_nothing_import(tmp_path: Path, monkeypatch: 
     assert not marker.exists()
     # A group of seeds whose summary.json names the module: data too.
     from cifarctl.run.group import GroupRecord, write_group
-    from cifarctl.training.seeds import resume_group
+    from cifarctl.groups import resume_group
 
     group = tmp_path / "group"
     write_group(group, GroupRecord("evilmod:make", {**load_checkpoint(good / "last.pt")["config"],

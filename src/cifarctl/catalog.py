@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from cifarctl.models import list_models, model_card
+from cifarctl.models.registry import Recipe
 from cifarctl.run.config import recipe_summary
 from cifarctl.trace.api import inspect_model
 
@@ -13,35 +15,46 @@ YOUR_OWN = "FILE.py:Name"  # the row of a model of your own (file, package.modul
 
 @dataclass
 class ModelSummary:
-    """One row of ``cifarctl models``."""
+    """One model of ``cifarctl models``: its size, and each recipe with what it reaches and how to train it."""
 
     name: str
     params: int
-    macs: int                 # multiply-accumulates of one 3x32x32 image
+    macs: int                 # multiply-accumulates of one 3x32x32 image (0: a model of your own)
     recipe: str               # the default recipe in one line
     reference: str            # the default recipe's reference accuracy and where it comes from
-    recipes: list[dict[str, str]] = field(default_factory=list)  # every recipe: name, summary, reference
+    recipes: list[dict[str, Any]] = field(default_factory=list)  # name, summary, settings, reference, measured, command
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def describe_models() -> list[ModelSummary]:
-    """Every registered model, traced on one 3x32x32 image (shapes only, on the meta device).
+def recipe_entry(model: str, recipe: Recipe, default: bool) -> dict[str, Any]:
+    """A recipe as ``cifarctl models`` shows it: its summary, its reference, what it reached here (one line, and
+    the numbers), and the command that trains it."""
+    measured = recipe.measured
+    command = f"cifarctl train {model}" + ("" if default else f" --recipe {recipe.name}")
+    if measured is not None and measured.args:
+        command += f" {measured.args}"
+    settings = recipe_summary(recipe.values)
+    return {"name": recipe.name, "default": default, "summary": recipe.summary or settings, "settings": settings,
+            "reference": recipe.reference, "here": measured.line() if measured else None,
+            "measured": asdict(measured) if measured else None, "command": command}
+
+
+def describe_models(name: str | None = None) -> list[ModelSummary]:
+    """Every registered model (or the one ``name``d), traced on one 3x32x32 image (shapes only, on the meta device).
 
     Usage: ``for m in describe_models(): print(m.name, m.params)``
     """
     rows = []
-    for name in list_models():
-        card = model_card(name)
-        traced = inspect_model(lambda card=card: card.factory(), [1, 3, 32, 32], name=name)
-        recipes = [{"name": r.name, "summary": r.summary or recipe_summary(r.values), "reference": r.reference}
-                   for r in card.recipes]
-        rows.append(ModelSummary(name, traced.total_params, traced.total_macs, recipes[0]["summary"],
+    for model in [name] if name is not None and name != YOUR_OWN else [] if name == YOUR_OWN else list_models():
+        card = model_card(model)  # an unknown name fails here, with close matches
+        traced = inspect_model(lambda card=card: card.factory(), [1, 3, 32, 32], name=model)
+        recipes = [recipe_entry(model, r, i == 0) for i, r in enumerate(card.recipes)]
+        rows.append(ModelSummary(model, traced.total_params, traced.total_macs, recipes[0]["summary"],
                                  card.reference, recipes))
-    spec = model_card("FILE.py:Name")  # any model of your own: its default recipe
-    recipe = spec.default
-    summary = recipe_summary(recipe.values)
-    rows.append(ModelSummary(YOUR_OWN, 0, 0, summary, recipe.reference,
-                             [{"name": recipe.name, "summary": summary, "reference": recipe.reference}]))
+    if name is None or name == YOUR_OWN:
+        recipe = model_card(YOUR_OWN).default  # any model of your own: its default recipe
+        entry = recipe_entry(YOUR_OWN, recipe, True)
+        rows.append(ModelSummary(YOUR_OWN, 0, 0, entry["summary"], recipe.reference, [entry]))
     return rows

@@ -6,6 +6,9 @@ ways); it has not been measured on Apple hardware.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -173,3 +176,19 @@ def uses_channels_last(model: nn.Module, device: torch.device, cast: torch.dtype
     if not default_channels_last(device, cast, inference):
         return False
     return registered or takes_channels_last(model)
+
+
+class Stopwatch:
+    """Seconds since a start, synchronising the device first so queued GPU work is counted."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+        self.sync()
+        self.started = time.perf_counter()
+
+    def sync(self) -> None:
+        sync_device(self.device)
+
+    def seconds(self) -> float:
+        self.sync()
+        return time.perf_counter() - self.started

@@ -93,10 +93,15 @@ def confidence(logits: torch.Tensor) -> torch.Tensor:
     return top[:, 0] - top[:, 1]
 
 
+def selective_cost(plain: float, full: float, fraction: float) -> float:
+    """Selective TTA's cost (in passes or seconds) from level 0's ``plain`` and level 2's ``full``: every image once,
+    and level 2's other views for ``fraction`` of them (their plain pass is reused)."""
+    return plain + fraction * (full - plain)
+
+
 def tta_views(tta: int | str, fraction: float = DEFAULT_TTA_FRACTION) -> float:
-    """Forward passes per test image at ``tta``: 1, 2 and 6; selective, 1, and 5 more for ``fraction`` of them (their
-    plain pass is reused)."""
-    return 1 + 5 * fraction if tta == SELECTIVE else {0: 1, 1: 2, 2: 6}[tta]  # type: ignore[index]
+    """Forward passes per test image at ``tta``: 1, 2 and 6; selective, ``selective_cost`` of them."""
+    return selective_cost(1, 6, fraction) if tta == SELECTIVE else {0: 1, 1: 2, 2: 6}[tta]  # type: ignore[index]
 
 
 def evaluate_model(model: nn.Module, loader: DeviceLoader, num_classes: int = 10, amp: bool = False,

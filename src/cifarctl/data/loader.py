@@ -79,6 +79,18 @@ def _normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtyp
     return ((images.float() / 255.0 - mean) / std).to(dtype)
 
 
+def batches_per_epoch(images: int, batch_size: int, drop_last: bool) -> int:
+    """Batches an epoch of ``images`` takes: a last, smaller batch counts unless ``drop_last`` leaves it out."""
+    batches = images / batch_size
+    return max(math.floor(batches), 1) if drop_last else math.ceil(batches)
+
+
+def epoch_images(images: int, batch_size: int, drop_last: bool) -> int:
+    """Images an epoch trains: all ``images``, or with ``drop_last`` its whole batches' (the record's epoch of
+    50,000 is 32 x 1,536 = 49,152). Usage: ``epoch_images(50_000, 1536, True) == 49_152``"""
+    return min(images, batches_per_epoch(images, batch_size, True) * batch_size) if drop_last else images
+
+
 class DeviceLoader:
     """Iterate over batches of one split, made on ``device``.
 
@@ -127,8 +139,7 @@ class DeviceLoader:
         return n // self.world_size if self.train else len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
-        batches = self.num_samples / self.batch_size
-        return max(math.floor(batches), 1) if self.drop_last else math.ceil(batches)
+        return batches_per_epoch(self.num_samples, self.batch_size, self.drop_last)
 
     def _epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's sample order and per-sample (dx, dy, flip[, brightness, contrast]) for ``epoch``."""

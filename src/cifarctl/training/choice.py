@@ -30,13 +30,15 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from cifarctl.allocator import keeps_memory, kept_memory
-from cifarctl.device import autocast_dtype, sync_device
+from cifarctl.allocator import kept_memory
+from cifarctl.device import sync_device
+from cifarctl.data.loader import epoch_images
 from cifarctl.errors import UsageError
-from cifarctl.evaluation import levels_upto
+from cifarctl.evaluation import levels_upto, selective_cost
 from cifarctl.models.registry import families
-from cifarctl.run.config import SELECTIVE, TrainConfig
-from cifarctl.training.budget import format_duration, reserve_for, time_eval_levels, tta_preference
+from cifarctl.run.config import DEFAULT_TTA_FRACTION, SELECTIVE, TrainConfig
+from cifarctl.training.plan import format_duration, reserve_for
+from cifarctl.training.tta_choice import time_eval_levels, tta_preference
 from cifarctl.training.frontier import Candidate, Frontier, shipped_frontier
 
 # An untimed member is timed only if it could win at this share of the cost the frontier's ratios give
@@ -65,7 +67,7 @@ def probe_candidate(cfg: TrainConfig, device: torch.device, test_images: int = T
     """Time ``cfg``'s training step here as its run takes it, on random images, and its evaluation.
 
     The parts are the run's own (``build_run``), so batch, chunks, optimizer, lookahead, augmentation,
-    precision and memory format are the run's; the caller keeps freed memory as the run will. With
+    precision, memory format and kept memory are the run's. With
     ``later_epoch``, a step of that epoch is timed too, after the model's ``on_epoch_start`` hook for it
     (what its early epochs train, it may stop: its later steps cost less, by a ratio that differs from
     one CPU to another: 0.72 on a Zen 4 in bf16, 0.83 on a Zen 3 in fp32, for airbench94's quarter).
@@ -91,13 +93,14 @@ def probe_candidate(cfg: TrainConfig, device: torch.device, test_images: int = T
             return time.perf_counter() - watch
 
         call_hook(parts.built.model, "on_epoch_start", 0, read_only(cfg.to_dict()))
-        timed_step(0)  # builds kernels, and takes the memory the next steps reuse
-        step_s, later_cost = timed_step(1), None
-        if later_epoch is not None:
-            call_hook(parts.built.model, "on_epoch_start", later_epoch, read_only(cfg.to_dict()))
-            later_cost = timed_step(2) / step_s
-        images = next(iter(parts.loaders.test.epoch(0)))[0]
-        per_batch = time_eval_levels(parts.built.model, images, cfg.tta, cfg.eval_amp, cfg.tta_fraction)
+        with kept_memory(parts.keep_memory):  # as the run will keep it (its recipe's, or the device's default)
+            timed_step(0)  # builds kernels, and takes the memory the next steps reuse
+            step_s, later_cost = timed_step(1), None
+            if later_epoch is not None:
+                call_hook(parts.built.model, "on_epoch_start", later_epoch, read_only(cfg.to_dict()))
+                later_cost = timed_step(2) / step_s
+            images = next(iter(parts.loaders.test.epoch(0)))[0]
+            per_batch = time_eval_levels(parts.built.model, images, cfg.tta, cfg.eval_amp, cfg.tta_fraction)
     batches = -(-test_images // cfg.eval_batch_size)
     return Probe(step_s, cfg.batch_size, {level: s * batches for level, s in per_batch.items()},
                  time.perf_counter() - started, later_cost)
@@ -120,10 +123,11 @@ class Prediction:
         return f"{self.model} with {self.recipe}"
 
 
-def predict(candidate: Candidate, probe: Probe, seconds_left: float, startup_s: float, train_images: int = 50_000,
-            max_tta: int | str = 2, timed: bool = True) -> Prediction:
+def predict(candidate: Candidate, probe: Probe, seconds_left: float, startup_s: float, images_per_epoch: int = 50_000,
+            max_tta: int | str = 2, timed: bool = True, fraction: float = DEFAULT_TTA_FRACTION) -> Prediction:
     """``candidate``'s best prediction over the TTA levels up to ``max_tta`` (``levels_upto``) in ``seconds_left``,
-    at ``probe``'s speed.
+    at ``probe``'s speed, an epoch being ``images_per_epoch``; ``fraction``: selective TTA's share of images looked
+    at again, in the run's config.
 
     ``startup_s``: the run's start-up after the choice (data, model; its first step costs about half a
     step more than the others). Usage: ``predict(shipped_frontier().candidates[0], probe, 280, 7.0)``
@@ -131,18 +135,20 @@ def predict(candidate: Candidate, probe: Probe, seconds_left: float, startup_s: 
     options = []
     for level in levels_upto(max_tta):
         training = seconds_left - startup_s - 0.5 * probe.step_s - probe.eval_s[level]
-        epochs = candidate.epochs_in(training, probe.s_per_image, train_images, probe.later_cost)
+        epochs = candidate.epochs_in(training, probe.s_per_image, images_per_epoch, probe.later_cost)
         options.append(Prediction(candidate.model, candidate.recipe, level, epochs,
                                   candidate.accuracy(epochs, level), probe.s_per_image, probe.eval_s[level], timed))
-    return max(options, key=lambda p: tta_preference(p.accuracy, p.tta))
+    return max(options, key=lambda p: tta_preference(p.accuracy, p.tta, fraction))
 
 
-def estimate(frontier: Frontier, candidate: Candidate, reference: Candidate, probe: Probe) -> Probe:
+def estimate(frontier: Frontier, candidate: Candidate, reference: Candidate, probe: Probe,
+             fraction: float = DEFAULT_TTA_FRACTION) -> Probe:
     """An optimistic probe of ``candidate`` from ``reference``'s: the frontier's cost ratio of the two, times
-    ``OPTIMISM`` (no member has been cheaper than that share of its ratio)."""
+    ``OPTIMISM`` (no member has been cheaper than that share of its ratio); selective TTA's at ``fraction``."""
     ratio = OPTIMISM * (candidate.early_s_per_image or candidate.train_s_per_image) / \
         (reference.early_s_per_image or reference.train_s_per_image)
-    evals = {m: {**levels, SELECTIVE: levels[2]} for m, levels in frontier.eval_s_per_image.items()}
+    evals = {m: {**levels, SELECTIVE: selective_cost(levels[0], levels[2], fraction)}
+             for m, levels in frontier.eval_s_per_image.items()}
     return Probe(probe.step_s * ratio, probe.batch,
                  {level: s * OPTIMISM * evals[candidate.model][level] / evals[reference.model][level]
                   for level, s in probe.eval_s.items()})
@@ -197,34 +203,39 @@ def choose(family: str, budget_s: float, clock: float, device: torch.device, set
                          f"choose from {', '.join(sorted({c.recipe for c in frontier.candidates}))}")
     timer = probe or (lambda cfg: probe_candidate(cfg, device, later_epoch=_later_epoch(frontier, cfg)))
     configs = {(c.model, c.recipe): TrainConfig.for_model(c.model, c.recipe, **settings) for c in candidates}
-    cast = autocast_dtype(device, settings.get("amp", True) if settings.get("amp") is not None else True)
     probes: list[tuple[Candidate, Probe]] = []  # timed, cheapest member first
     best: Prediction | None = None
-    with kept_memory(keeps_memory(device, cast, settings.get("keep_memory"))):  # as the runs will keep it
-        for c in candidates:
-            left = budget_s - (time.monotonic() - clock) - reserve_for(budget_s)
-            top = configs[c.model, c.recipe].tta  # the recipe's level, or the user's: its final evaluation's bound
-            if best is not None:  # could it win at its most optimistic speed here?
-                hope = predict(c, estimate(frontier, c, *probes[-1]), left, frontier.startup_s, train_images, top)
-                if hope.accuracy <= best.accuracy:
-                    continue
-            probes.append((c, timer(configs[c.model, c.recipe])))
-            now = predict(c, probes[-1][1], left, frontier.startup_s, train_images, top)
-            best = now if best is None or now.accuracy > best.accuracy else best
-    return _decide(family, budget_s, clock, frontier, candidates, probes, train_images,
-                   {key: cfg.tta for key, cfg in configs.items()})
+    for c in candidates:
+        left = budget_s - (time.monotonic() - clock) - reserve_for(budget_s)
+        cfg = configs[c.model, c.recipe]  # its tta: the recipe's level, or the user's, the final evaluation's bound
+        if best is not None:  # could it win at its most optimistic speed here?
+            hope = predict(c, estimate(frontier, c, *probes[-1], cfg.tta_fraction), left, frontier.startup_s,
+                           _epoch(cfg, train_images), cfg.tta, fraction=cfg.tta_fraction)
+            if hope.accuracy <= best.accuracy:
+                continue
+        probes.append((c, timer(cfg)))
+        now = predict(c, probes[-1][1], left, frontier.startup_s, _epoch(cfg, train_images), cfg.tta,
+                      fraction=cfg.tta_fraction)
+        best = now if best is None or now.accuracy > best.accuracy else best
+    return _decide(family, budget_s, clock, frontier, candidates, probes, train_images, configs)
 
 
 def _decide(family: str, budget_s: float, clock: float, frontier: Frontier, candidates: list[Candidate],
-            probes: list[tuple[Candidate, Probe]], train_images: int, tops: dict[tuple[str, str], int | str]) -> Choice:
+            probes: list[tuple[Candidate, Probe]], train_images: int,
+            configs: dict[tuple[str, str], TrainConfig]) -> Choice:
     """Every candidate predicted in what is left now (untimed ones at their optimistic estimate), best first."""
     spent = time.monotonic() - clock
     left = budget_s - spent - reserve_for(budget_s)
     timed = {(c.model, c.recipe): probe for c, probe in probes}
-    ranked = [predict(c, timed[c.model, c.recipe], left, frontier.startup_s, train_images, tops[c.model, c.recipe])
-              if (c.model, c.recipe) in timed else
-              predict(c, estimate(frontier, c, *probes[-1]), left, frontier.startup_s, train_images,
-                      tops[c.model, c.recipe], timed=False) for c in candidates]
+    def predicted(c: Candidate) -> Prediction:
+        cfg = configs[c.model, c.recipe]
+        if (c.model, c.recipe) in timed:
+            return predict(c, timed[c.model, c.recipe], left, frontier.startup_s, _epoch(cfg, train_images), cfg.tta,
+                           fraction=cfg.tta_fraction)
+        return predict(c, estimate(frontier, c, *probes[-1], cfg.tta_fraction), left, frontier.startup_s,
+                       _epoch(cfg, train_images), cfg.tta, timed=False, fraction=cfg.tta_fraction)
+
+    ranked = [predicted(c) for c in candidates]
     chosen = max((p for p in ranked if p.timed), key=lambda p: p.accuracy)
     if chosen.epochs <= 0:
         raise UsageError(f"a time budget of {format_duration(budget_s)} leaves no time to train any {family} "
@@ -234,6 +245,11 @@ def _decide(family: str, budget_s: float, clock: float, frontier: Frontier, cand
                                              "s_per_image": p.s_per_image} for c, p in probes}  # JSON's keys
     return Choice(family, budget_s, chosen, others, record, spent, sum(p.seconds for _, p in probes),
                   frontier.measured_on)
+
+
+def _epoch(cfg: TrainConfig, train_images: int) -> int:
+    """The images an epoch of ``cfg``'s run trains (a recipe that drops its last batch trains fewer)."""
+    return epoch_images(train_images, cfg.batch_size, cfg.drop_last)
 
 
 def _later_epoch(frontier: Frontier, cfg: TrainConfig) -> int | None:

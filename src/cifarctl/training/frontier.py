@@ -50,11 +50,12 @@ class Candidate:
         """``(early epochs, later_cost)`` for a time budget's plan, or None where every epoch costs the same."""
         return (self.early_epochs, self.later_cost) if self.early_epochs and self.early_s_per_image else None
 
-    def epochs_in(self, seconds: float, s_per_image: float, train_images: int = 50_000,
+    def epochs_in(self, seconds: float, s_per_image: float, images_per_epoch: int = 50_000,
                   later_cost: float | None = None) -> float:
         """The epochs ``seconds`` of training hold where an image of the early epochs costs ``s_per_image``
-        (and one of the later epochs ``later_cost`` times that: measured here, else the frontier's)."""
-        early_s = s_per_image * train_images
+        (and one of the later epochs ``later_cost`` times that: measured here, else the frontier's), an epoch
+        being the ``images_per_epoch`` its recipe trains (``data.loader.epoch_images``)."""
+        early_s = s_per_image * images_per_epoch
         epoch_s = early_s * (later_cost if later_cost is not None and self.phases else self.later_cost)
         if seconds <= self.early_epochs * early_s:
             return max(seconds, 0.0) / early_s

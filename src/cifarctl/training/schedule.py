@@ -228,10 +228,30 @@ def _linear(optimizer: torch.optim.Optimizer, total: int, ramp: int, start: floa
     def lr_lambda(group: dict[str, Any]) -> Callable[[int], float]:
         if group.get("train_epochs") is None:
             return lambda step: main(step, total, end)
-        stops = max(math.ceil(group["train_epochs"] * steps_per_epoch), ramp + 1)
+        stops = _stop_step(group["train_epochs"], steps_per_epoch, ramp)
         return lambda step: main(step, stops, 0.0)
 
     return lr_scheduler.LambdaLR(optimizer, [lr_lambda(group) for group in optimizer.param_groups])
+
+
+def _ramp_steps(cfg: TrainConfig, total: int, steps_per_epoch: int) -> int:
+    ramp = round(cfg.warmup_epochs * steps_per_epoch) or round(RAMP_FRACTION.get(cfg.lr_schedule, 0) * total)
+    return min(ramp, total - 1)
+
+
+def _stop_step(train_epochs: float, steps_per_epoch: int, ramp: int) -> int:
+    """The step from which a group that trains ``train_epochs`` has a learning rate of zero (after the ramp)."""
+    return max(math.ceil(train_epochs * steps_per_epoch), ramp + 1)
+
+
+def stop_steps(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> dict[int, int]:
+    """The parameter groups the schedule stops (a model's declared group with ``train_epochs``, on the linear
+    schedule), by index: the step from which their lr is zero, so that they can leave the backward pass."""
+    if cfg.lr_schedule != "linear":
+        return {}
+    ramp = _ramp_steps(cfg, schedule_steps(cfg, steps_per_epoch), steps_per_epoch)
+    return {index: _stop_step(group["train_epochs"], steps_per_epoch, ramp)
+            for index, group in enumerate(optimizer.param_groups) if group.get("train_epochs") is not None}
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
@@ -239,8 +259,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
     """The run's schedule over ``schedule_steps(cfg, steps_per_epoch)`` optimizer steps."""
     total = schedule_steps(cfg, steps_per_epoch)
     kind = cfg.lr_schedule
-    ramp = round(cfg.warmup_epochs * steps_per_epoch) or round(RAMP_FRACTION.get(kind, 0) * total)
-    ramp = min(ramp, total - 1)
+    ramp = _ramp_steps(cfg, total, steps_per_epoch)
     start = cfg.lr_start_factor if cfg.lr_start_factor is not None else START_FACTOR.get(kind, WARMUP_START)
     end = cfg.lr_end_factor if cfg.lr_end_factor is not None else END_FACTOR.get(kind, 1.0)
     if kind == "linear":

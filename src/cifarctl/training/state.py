@@ -13,7 +13,7 @@ import torch
 
 from cifarctl import distributed as ddp
 from cifarctl.errors import CheckpointError
-from cifarctl.training.budget import BudgetPlan
+from cifarctl.training.plan import BudgetPlan
 
 # The functions below take the ``training.trainer.Trainer`` whose run they save or restore (typed
 # ``Any`` here: this module sits below the trainer, which imports it).
