@@ -155,18 +155,18 @@ def test_a_run_keeps_memory_by_default_in_fp32_and_its_weights_are_the_same_with
     assert used == [True, False, True]
 
 
-def test_the_budget_times_its_members_with_the_setting_training_will_use(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_budget_times_each_member_with_the_setting_its_run_will_use(monkeypatch: pytest.MonkeyPatch) -> None:
     from cifarctl.training import choice
 
     used = record_uses(monkeypatch, "cifarctl.training.choice")
-    monkeypatch.setattr(choice.time, "monotonic", lambda: 0.0)
-    timed = []
-
-    def probe(cfg: TrainConfig) -> choice.Probe:
-        timed.append(cfg.keep_memory)
-        return choice.Probe(1e-3 * cfg.batch_size, cfg.batch_size, {0: 1.0, 1: 2.0, 2: 6.0, "selective": 2.5})
-
     cpu = torch.device("cpu")
+    small = dict(device="cpu", batch_size=8, eval_batch_size=8, amp=False)
     for keep in (None, False):
-        choice.choose("airbench", 300, 0.0, cpu, {"amp": False, "keep_memory": keep}, probe=probe)
-    assert used == [True, False] and set(timed) == {None, False}  # each probe built as its run will be
+        choice.probe_candidate(TrainConfig.for_model("airbench94_quarter", "muon", keep_memory=keep, **small), cpu,
+                               test_images=8)
+    record = TrainConfig.for_model("airbench94_quarter", "record", **small)
+    choice.probe_candidate(record, cpu, test_images=8)
+    assert used == [True, False, True]  # fp32's default; asked off; the record's own
+    # The record's whole batches keep their memory in bf16 too, where the device's default does not.
+    assert record.keep_memory is True and allocator.keeps_memory(cpu, torch.bfloat16, record.keep_memory)
+    assert not allocator.keeps_memory(cpu, torch.bfloat16, TrainConfig.for_model("airbench94", "muon").keep_memory)

@@ -215,7 +215,7 @@ def test_models_lists_every_model_with_its_recipe(runner: CliRunner) -> None:
     muon = next(r for r in rows["airbench94"]["recipes"] if r["name"] == "muon")
     assert "batch 2000 in chunks of 1000" in muon["summary"] and "chunks" not in rows["airbench94"]["recipe"]
     half = {r["name"]: r for r in rows["airbench94_half"]["recipes"]}
-    assert half["record"]["measured"] == {"accuracy": 88.45, "n": 3, "std": 0.21, "cpu": "Zen 3, fp32",
+    assert half["record"]["measured"] == {"accuracy": 88.45, "n": 3, "std": 0.21, "cpu": "Zen 3 fp32",
                                           "length": "7.59 epochs, 482 s", "args": ""}
     assert half["record"]["command"] == "cifarctl train airbench94_half --recipe record"
     assert half["paper"]["command"] == "cifarctl train airbench94_half"  # the default needs no --recipe
@@ -229,7 +229,7 @@ def test_models_gives_one_line_a_recipe_and_the_rest_by_name(runner: CliRunner) 
     lines = [line for line in table.output.splitlines() if "cifarctl train " in line and "│" in line]
     assert len(lines) == recipes  # one line each, however wide the terminal: no cell wraps
     half = next(line for line in lines if "cifarctl train airbench94_half --recipe record" in line)
-    assert "88.45% ± 0.21 (n=3), Zen 3, fp32, 7.59 epochs, 482 s" in half
+    assert "88.45% ± 0.21 (n=3), Zen 3 fp32, 7.59 epochs, 482 s" in half
     assert len(table.output.splitlines()) < recipes + 8
     one = runner.invoke(app, ["models", "airbench94_half"])
     assert one.exit_code == 0 and "smoothing 0.09" in one.output  # the record recipe in full

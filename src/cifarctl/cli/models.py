@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from cifarctl.cli.options import Json
-from cifarctl.cli.render import handle_errors, out_console, print_json
+from cifarctl.cli.render import handle_errors, out_console, print_json, print_whole
 
 if TYPE_CHECKING:
     from cifarctl.catalog import ModelSummary
@@ -48,8 +48,8 @@ def models(
         for i, recipe in enumerate(r.recipes):
             table.add_row(r.name if i == 0 else "", recipe["name"], *(sized if i == 0 else ("", "")),
                           recipe["here"] or "-", recipe["command"])
+    print_whole(table)
     console = out_console()
-    console.print(table, crop=False, overflow="ignore")
     from cifarctl.models.registry import families
 
     for family, members in families().items():

@@ -15,7 +15,7 @@ Device = Annotated[str, typer.Option("--device", "-d", help="auto (CUDA, then an
 Verify = Annotated[bool, typer.Option("--verify", help="Also check the train split's sha256 (the test split is always checked).")]
 Offline = Annotated[bool, typer.Option("--offline", help="Never download; fail with a hint if the dataset is missing.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (progress goes to stderr).")]
-TtaFraction = Annotated[Optional[float], typer.Option("--tta-fraction", min=0.0, max=1.0, help="With --tta selective: the share of the test images, the least confident, looked at again with level 2 (default 0.25).")]
+TtaFraction = Annotated[Optional[float], typer.Option("--tta-fraction", min=0.0, max=1.0, help="With --tta selective: the share of the test images, the least confident, looked at again with level 2 (default: the run's, else the record's share).")]
 DataChoice = Annotated[str, typer.Option("--data", help="cifar10 (the cached dataset) or fake (random data, no download).")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: a new one under the checkpoints root).")]

@@ -28,6 +28,19 @@ def out_console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
+def print_whole(renderable: Any) -> None:
+    """Print a table on stdout at its natural width, however narrow the terminal: no cell is cut short or
+    wrapped (the terminal folds a line longer than it is wide, so a row stays one line when copied)."""
+    from rich.measure import Measurement
+
+    console = out_console()
+    natural = Measurement.get(console, console.options.update(width=100_000), renderable).maximum
+    if natural > console.width:
+        console = Console(highlight=False, width=natural, force_terminal=console.is_terminal,
+                          color_system=console.color_system)
+    console.print(renderable)
+
+
 def err_console() -> Console:
     """Progress, notices and errors go to stderr."""
     return Console(stderr=True, highlight=False, soft_wrap=True)  # a message stays one line however long

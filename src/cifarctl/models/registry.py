@@ -58,8 +58,8 @@ class Measured:
     accuracy: float
     n: int
     std: float | None
-    cpu: str                 # the machine kind: "Zen 4, bf16", "Zen 3, fp32"
-    length: str              # how long it trained: "7.59 epochs, 175 s", "5-minute budget"
+    cpu: str                 # the machine kind and precision: "Zen 4 bf16", "Zen 3 fp32", "Xeon bf16"
+    length: str              # how long it trained: "7.59 epochs, 175 s", "5m budget, 3.0 epochs"
     args: str = ""           # the train command's flags besides the model and recipe: "--time-budget 5m --seeds 3"
 
     def line(self) -> str:

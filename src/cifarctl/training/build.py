@@ -98,11 +98,11 @@ def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, dist: 
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     wrapped: nn.Module = model
     if dist.enabled:
-        # A model with an epoch hook may stop training some parameters (a stem's bias after a few epochs):
-        # DDP must then expect parameters without gradients.
+        # A model with an epoch hook, or parameter groups the schedule stops, may stop training some parameters
+        # (a stem's bias after a few epochs): DDP must then expect parameters without gradients.
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=has_hook(model, "on_epoch_start"))
+            find_unused_parameters=has_hook(model, "on_epoch_start") or has_hook(model, "parameter_groups"))
     return BuiltModel(model, torch.compile(wrapped) if cfg.compile else wrapped, source, notes, channels_last)
 
 
