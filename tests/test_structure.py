@@ -14,7 +14,8 @@ SRC = Path(cifarctl.__file__).parent
 # The loop, what it is built from, the budget and the chooser: model-specific needs reach them through hooks,
 # recipes and the registry, never by name.
 MODEL_FREE = ("training/trainer.py", "training/build.py", "training/step.py", "training/budget.py",
-              "training/choice.py", "training/frontier.py")
+              "training/plan.py", "training/tta_choice.py", "training/choice.py", "training/frontier.py",
+              "groups/group.py", "groups/seed.py", "groups/jobs.py", "groups/plan.py")
 
 
 def body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
