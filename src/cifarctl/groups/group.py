@@ -26,15 +26,13 @@ from cifarctl.run.config import TrainConfig
 from cifarctl.run.folder import new_run_dir, run_lock
 from cifarctl.run.group import GroupRecord, read_group, seed_dir, write_group
 from cifarctl.run.index import register_run
-from cifarctl.run.resume import check_named, resume_config
+from cifarctl.run.resume import HOW_IT_RUNS, check_named, resume_config
 from cifarctl.stats import Summary, summarize
 from cifarctl.training.api import DataSource, load_data_first_on_rank0
 from cifarctl.training.result import TrainingInterrupted
 
 # Under torchrun a rank that finishes its seeds early waits for the others at the end: seeds take hours.
 GROUP_TIMEOUT = datetime.timedelta(days=30)
-# Settings a resume may change that alter no seed's result: changing them leaves finished seeds finished.
-HOW_IT_RUNS = frozenset({"device", "save_every", "log_every", "tensorboard", "keep_memory"})
 
 
 @dataclass

@@ -67,11 +67,11 @@ def train_seed(record: GroupRecord, group_dir: Path, seed: int, data: Any, hooks
     label = SeedLabel(progress or hooks.progress or NullProgress(), f"seed {index}/{count} ({seed})")
     cfg = seed_config(record, seed)
     if (folder / "last.pt").exists():
-        check_seed_folder(folder, cfg)
+        loaded = check_seed_folder(folder, cfg)
         if hooks.seed_started is not None:
             hooks.seed_started(seed, index, count, folder)
-        resume(folder, data, _resumable(cfg), progress=label, stop=stop, notify=hooks.notify, model_spec=cfg.model,
-               alone=True)
+        resume(folder, data, _resumable(cfg), progress=label, stop=stop, notify=hooks.notify, loaded=loaded,
+               model_spec=cfg.model, alone=True)
     else:
         if hooks.seed_started is not None:
             hooks.seed_started(seed, index, count, folder)
@@ -88,10 +88,11 @@ def _resumable(cfg: TrainConfig) -> dict[str, Any]:
     return {k: values[k] for k in RESUMABLE if k in values}
 
 
-def check_seed_folder(folder: Path, cfg: TrainConfig) -> None:
+def check_seed_folder(folder: Path, cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """Refuse, naming what differs, a seed folder whose run is not this group's seed (another setting than its
-    seed and the ones a resume may change)."""
-    trained, _ = load_run(folder)
+    seed and the ones a resume may change); else return its ``load_run``, which the resume reads no second time."""
+    loaded = load_run(folder)
+    trained = loaded[0]
     mine, theirs = cfg.to_dict(), trained.to_dict()
     differs = unlike(cfg, trained)
     if differs:
@@ -99,6 +100,7 @@ def check_seed_folder(folder: Path, cfg: TrainConfig) -> None:
         more = f" and {len(differs) - 4} more" if len(differs) > 4 else ""
         raise CheckpointError(f"{folder} is not a seed of this group: it was trained with {what}{more}; move it "
                               "out of the group folder, and resume the group again to train that seed afresh")
+    return loaded
 
 
 def stored_result(group_dir: Path, seed: int) -> SeedResult:

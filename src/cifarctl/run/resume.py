@@ -12,6 +12,9 @@ from cifarctl.run.config import TrainConfig
 # Settings that may change when a run is resumed: none of them alters the part already trained.
 RESUMABLE = frozenset({"epochs", "device", "max_steps", "eval", "save_every", "log_every", "tensorboard",
                        "keep_memory"})
+# Of those, the ones that change no result, only how a run goes: a group resumed with them keeps its finished
+# seeds as they are (the others, epochs, max_steps and eval, send its finished seeds on to the new setting).
+HOW_IT_RUNS = frozenset({"device", "save_every", "log_every", "tensorboard", "keep_memory"})
 
 
 # What a run fixes itself when it starts, over what it was asked: the schedule's length (unless asked for),
