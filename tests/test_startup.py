@@ -1,4 +1,4 @@
-"""The command line answers help and completion without importing torch (timings: bench/startup.py)."""
+"""The command line answers help and completion without importing torch or Optuna (timings: bench/startup.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import pytest
 
 PROBE = """
 import atexit, os, sys
-atexit.register(lambda: os.write(2, b"\\nTORCH-IMPORTED\\n" if "torch" in sys.modules else b"\\nNO-TORCH\\n"))
+atexit.register(lambda: os.write(2, b"\\nTORCH-IMPORTED\\n" if "torch" in sys.modules or "optuna" in sys.modules
+                                   else b"\\nNO-TORCH\\n"))
 sys.argv = ["cifarctl", *sys.argv[1:]]
 from cifarctl.cli import app
 app()
 """
 
-COMMANDS = ["download", "inspect", "train", "evaluate", "predict", "export", "runs", "models"]
+COMMANDS = ["download", "inspect", "train", "evaluate", "predict", "export", "runs", "models", "tune"]
 
 
 def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -77,3 +77,24 @@ def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], path: P
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def plot_trials(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """A study's trials: held-out accuracy by trial and by peak lr; complete ones as dots, pruned ones as
+    crosses at their last report (``cifarctl tune``'s trials.png)."""
+    plt = _pyplot()
+    fig, (by_trial, by_lr) = plt.subplots(1, 2, figsize=(10, 4))
+    try:
+        for state, marker, colour in (("COMPLETE", "o", "tab:blue"), ("PRUNED", "x", "tab:grey")):
+            chosen = [r for r in rows if r["state"] == state and r.get("val_accuracy") is not None]
+            by_trial.scatter([r["number"] for r in chosen], [r["val_accuracy"] for r in chosen], marker=marker,
+                             color=colour, label=state.lower())
+            by_lr.scatter([r["lr"] for r in chosen], [r["val_accuracy"] for r in chosen], marker=marker, color=colour)
+        by_trial.set(xlabel="trial", ylabel="held-out accuracy (%)", title=title or "trials")
+        by_lr.set(xscale="log", xlabel="peak lr", title="by learning rate")
+        for ax in (by_trial, by_lr):
+            ax.grid(alpha=0.3)
+        by_trial.legend()
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

@@ -18,6 +18,7 @@ from cifarctl.cli.options import ImagesAfterCkptCommand, OptionalValueCommand
 from cifarctl.cli.predict import predict
 from cifarctl.cli.runs import runs
 from cifarctl.cli.train import train
+from cifarctl.cli.tune import tune
 
 app = typer.Typer(
     name="cifarctl",
@@ -47,6 +48,7 @@ app.command(cls=OptionalValueCommand)(train)
 app.command(cls=OptionalValueCommand)(evaluate)
 app.command(cls=ImagesAfterCkptCommand)(predict)
 app.command(cls=OptionalValueCommand)(export)
+app.command()(tune)
 app.command()(runs)
 app.command()(models)
 

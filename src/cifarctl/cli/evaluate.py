@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from cifarctl.cli.options import (BatchSize, Ckpt, DataChoice, Device, Json, ModelArg, ModelKwargs, NumClasses, Offline,
-                                  TtaFraction, Verify, checkpoint_path)
+from cifarctl.cli.options import (BatchSize, Ckpt, ConfigFile, DataChoice, Device, Json, ModelKwargs, ModelOrConfig,
+                                  NumClasses, Offline, TtaFraction, Verify, checkpoint_path)
 from cifarctl.cli.options import model_kwargs as parse_kwargs
 from cifarctl.cli.render import RichProgress, err_console, handle_errors, noted_warnings, out_console, print_json
 
@@ -19,13 +19,14 @@ if TYPE_CHECKING:
 
 @handle_errors
 def evaluate(
-    model: ModelArg,
+    model: ModelOrConfig = None,
     ckpt: Ckpt = None,
+    config: ConfigFile = None,
     model_kwargs: ModelKwargs = None,
     num_classes: NumClasses = None,
     device: Device = "auto",
-    batch_size: BatchSize = 100,
-    data: DataChoice = "cifar10",
+    batch_size: BatchSize = None,
+    data: DataChoice = None,
     offline: Offline = False,
     verify: Verify = False,
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (bf16): faster, may differ from fp32 by a few predictions; a departure from the course's fp32 loop.")] = False,
@@ -45,6 +46,8 @@ def evaluate(
       cifarctl evaluate airbench94 --ckpt --tta 2      (flip and shift test-time augmentation)
 
       cifarctl evaluate my_resnet.py:ResNet50 --ckpt resnet50_285.pt   (your own code, the course's weights)
+
+      cifarctl evaluate --config RUN/config.toml      (RUN's model and TTA, its last.pt)
     """
     err = err_console()
     from cifarctl.cli.data import load_data
@@ -53,6 +56,19 @@ def evaluate(
     from cifarctl.models.spec import check_spec
     from cifarctl.run.config import parse_tta
 
+    if config is not None:
+        model, ckpt, found = from_config_file(config, model, ckpt)
+        device = device if device != "auto" else found.get("device", "auto")
+        tta = tta if tta is not None else found.get("tta")
+        tta_fraction = tta_fraction if tta_fraction is not None else found.get("tta_fraction")
+        batch_size, data = batch_size or found.get("eval_batch_size"), data or found.get("data")
+        num_classes = num_classes if num_classes is not None else found.get("num_classes")
+        model_kwargs = model_kwargs or [f"{k}={v!r}" for k, v in (found.get("model_options") or {}).items()]
+    if model is None:
+        from cifarctl.errors import UsageError
+
+        raise UsageError("name the MODEL to evaluate, or give --config FILE with a model key")
+    data = data or "cifar10"
     check_spec(model)  # an unknown name fails here, before any data is loaded
     kwargs = parse_kwargs(model_kwargs)
     chosen = resolve_device(device)  # and a device that is not there
@@ -72,6 +88,20 @@ def evaluate(
         print_json(result.to_dict())
     else:
         render_result(result)
+
+
+def from_config_file(config: Path, model: str | None, ckpt: str | None) -> tuple[str | None, str | None, dict]:
+    """MODEL and --ckpt with a --config file's values under them: a run's config.toml names its model, and
+    its folder's last.pt is the checkpoint unless --ckpt says another. Its other keys are a run's settings
+    (known, so accepted); evaluate takes device, data, tta, tta_fraction, eval_batch_size and the model's."""
+    from cifarctl.cli.options import config_values
+    from cifarctl.run.config_file import train_keys
+
+    found = config_values(config, train_keys(), "evaluate")
+    beside = Path(config).expanduser().parent / "last.pt"
+    if ckpt is None and beside.is_file() and model in (None, found.get("model")):
+        ckpt = str(beside)
+    return model or found.get("model"), ckpt, found
 
 
 def render_result(result: EvalResult) -> None:

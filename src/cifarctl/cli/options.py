@@ -26,6 +26,14 @@ ModelArg = Annotated[str, typer.Argument(
 ModelKwargs = Annotated[Optional[list[str]], typer.Option(
     "--model-kwargs", help="Constructor arguments of MODEL as KEY=VALUE (values read as Python literals where they "
                            "parse, else strings); repeat it, or give several after it. Default: those the run recorded.")]
+# A model named on the command line or by a --config file's `model` key.
+ModelOrConfig = Annotated[Optional[str], typer.Argument(
+    help="A registered model (`cifarctl models`), your own path/to/file.py:ClassName (or a function "
+         "returning the model), package.module:name, or torchvision:NAME; default: --config's model.",
+    show_default=False)]
+ConfigFile = Annotated[Optional[Path], typer.Option(
+    "--config", help="Settings from a TOML file (a run's config.toml, tune's best.toml): keys as config.json's; "
+                     "options given here override them.")]
 NumClasses = Annotated[Optional[int], typer.Option(
     "--num-classes", min=1, help="Pass num_classes=N to MODEL's constructor (default: the data's, where it takes one).")]
 
@@ -140,3 +148,18 @@ class ImagesAfterCkptCommand(OptionalValueCommand):
     def takes_value(self, following: str) -> bool:
         path = Path(following)
         return super().takes_value(following) and not path.is_dir() and path.suffix.lower() not in IMAGE_SUFFIXES
+
+
+def config_values(path: Path, keys: list[str], command: str) -> dict[str, Any]:
+    """A --config file's settings as the options take them: ``time_budget = "2m"`` in seconds, ``tta = "2"``
+    a level (``cifarctl.run.config_file.read_config``)."""
+    from cifarctl.run.config import parse_tta
+    from cifarctl.run.config_file import read_config
+    from cifarctl.training.plan import parse_duration
+
+    values = read_config(path, keys, command)
+    if isinstance(values.get("time_budget"), str):
+        values["time_budget"] = parse_duration(values["time_budget"])
+    if "tta" in values:
+        values["tta"] = parse_tta(values["tta"])
+    return values

@@ -56,19 +56,21 @@ def runs(
 
 
 def _list(model: str | None, json_output: bool) -> None:
-    from cifarctl.run.index import list_groups, list_runs
+    from cifarctl.run.index import list_groups, list_runs, list_studies
 
-    found, groups = list_runs(model), list_groups(model)
+    found, groups, studies = list_runs(model), list_groups(model), list_studies(model)
     if json_output:
-        print_json([r.to_dict() for r in found] + [g.to_dict() for g in groups])
+        print_json([r.to_dict() for r in found] + [g.to_dict() for g in groups] + [s.to_dict() for s in studies])
         return
-    if not found and not groups:
+    if not found and not groups and not studies:
         err_console().print(f"no runs under {paths.runs_root()} yet: `cifarctl train MODEL` makes one")
         return
     if found:
         out_console().print(_runs_table(found))
     if groups:
         out_console().print(_groups_table(groups))
+    if studies:
+        out_console().print(_studies_table(studies))
     if any(r.damaged for r in found):
         err_console().print("[yellow]a damaged config.json or metrics.jsonl does not stop a run: "
                             "`cifarctl train MODEL --resume FOLDER` continues from its checkpoint and writes "
@@ -102,6 +104,19 @@ def _groups_table(groups: list[GroupInfo]) -> Table:
         state = f"[red]{g.state}[/]" if g.state == "damaged" else g.state
         table.add_row(g.model, f"{g.n}/{g.seeds}", accuracy, interval, state, g.modified.strftime("%Y-%m-%d %H:%M"),
                       str(g.path))
+    return table
+
+
+def _studies_table(studies: list[Any]) -> Table:
+    table = Table(title="studies of `cifarctl tune` (each holds best.toml and trials.csv)", title_justify="left",
+                  show_edge=False, header_style="bold")
+    for column, justify in (("model", "left"), ("trials", "left"), ("best held-out acc", "right"),
+                            ("modified", "left"), ("folder", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for s in studies:
+        counts = ", ".join(f"{n} {state}" for state, n in s.trials.items()) or "none yet"
+        table.add_row(s.model, counts, f"{s.best:.2f}%" if s.best is not None else "-",
+                      s.modified.strftime("%Y-%m-%d %H:%M"), str(s.path))
     return table
 
 

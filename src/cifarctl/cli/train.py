@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from cifarctl.cli import process
-from cifarctl.cli.options import (Device, Json, ModelArg, ModelKwargs, NumClasses, Offline, OutDir, TtaFraction,
+from cifarctl.cli.options import (ConfigFile, Device, Json, ModelOrConfig, ModelKwargs, NumClasses, Offline, OutDir, TtaFraction,
                                   Verify, in_panel, numbers)
 from cifarctl.cli.options import model_kwargs as parse_kwargs
 from cifarctl.cli.render import handle_errors
@@ -24,7 +25,7 @@ P_EVALUATION, P_RUN, P_SPEED, P_SEEDS = "Evaluation", "Run and output", "Speed",
 
 @handle_errors
 def train(
-    model: ModelArg,
+    model: ModelOrConfig = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs", "-e", min=0.0, help=f"Epochs to train (total, for a resumed run; a fraction ends at its step). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=f"Images per step (global under torchrun). {RECIPE}", rich_help_panel=P_SCHEDULE)] = None,
     micro_batch: Annotated[Optional[int], typer.Option("--micro-batch", min=1, help=f"Images run forward and backward at once: a larger batch is split into equal chunks with one optimizer step (BatchNorm sees each chunk). {RECIPE}", rich_help_panel=P_SPEED)] = None,
@@ -49,6 +50,7 @@ def train(
     lr_units: Annotated[Optional[str], typer.Option("--lr-units", help="torch (as torch.optim takes them) or per1024 (airbench's: per 1024 examples of a summed loss).", rich_help_panel=P_SCHEDULE)] = None,
     lr_schedule: Annotated[Optional[str], typer.Option("--lr-schedule", help="none, step (/3 every 20 epochs), cosine, onecycle or triangle.", rich_help_panel=P_SCHEDULE)] = None,
     warmup_epochs: Annotated[Optional[float], typer.Option("--warmup-epochs", help="Linear ramp length in epochs.", rich_help_panel=P_SCHEDULE)] = None,
+    warmup_fraction: Annotated[Optional[float], typer.Option("--warmup-fraction", min=0.0, max=1.0, help="The ramp's share of the run when --warmup-epochs is 0 (default: onecycle's 25%, triangle's 23%).", rich_help_panel=P_SCHEDULE)] = None,
     label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="Cross-entropy label smoothing.", rich_help_panel=P_SCHEDULE)] = None,
     translate: Annotated[Optional[int], typer.Option("--translate", min=0, help="Random shifts of up to N pixels (crop of a padded image); 0: none.", rich_help_panel=P_AUGMENTATION)] = None,
     flip: Annotated[Optional[str], typer.Option("--flip", help="random, alternate (each image flipped every other epoch) or none.", rich_help_panel=P_AUGMENTATION)] = None,
@@ -75,6 +77,7 @@ def train(
     json_output: in_panel(Json, P_RUN) = False,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Train N seeds (--seed, --seed+1, ...) or a list (0,3,7) as one group: each seed's run folder and summary.json in --out, their mean, std and 95% CI; --resume GROUP finishes it.", rich_help_panel=P_SEEDS)] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Seeds trained at once on this machine, in processes that divide its cores (default 1: on a 2-core CPU one at a time measured as fast, docs/performance.md).", rich_help_panel=P_SEEDS)] = None,
+    config: in_panel(ConfigFile, P_RUN) = None,
     target: Annotated[Optional[float], typer.Option("--target", help="With --seeds: how many seeds reach this test accuracy (%), and the p-value of the one-sided t-test that their mean is above it.", rich_help_panel=P_SEEDS)] = None,
 ) -> None:
     """Train MODEL with its own recipe: the course's (Adam + cross-entropy) for vgg16 and resnet50.
@@ -103,6 +106,10 @@ def train(
       cifarctl train models/shufflenetv2.py:ShuffleNetV2 --model-kwargs net_size=0.5 --time-budget 10m
 
       cifarctl train airbench94_quarter --epochs 1 --seeds 5 --target 40   (5 seeds, their mean and spread)
+
+      cifarctl train my_net.py:Net --config STUDY/best.toml --time-budget 2m   (the recipe `cifarctl tune` found)
+
+      cifarctl train --config RUN/config.toml        (the run in RUN again: its config.toml has every setting)
     """
     # torch loads here, not at start-up, so `--help` and completion answer at once.
     from cifarctl.run.config import parse_tta
@@ -111,7 +118,7 @@ def train(
     settings = dict(
         epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, head_lr=head_lr, optimizer=optimizer,
         momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, norm_weight_decay=norm_weight_decay,
-        lr_units=lr_units, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+        lr_units=lr_units, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, warmup_fraction=warmup_fraction, label_smoothing=label_smoothing,
         translate=translate, flip=flip, ema=ema, init_from_data=init_from_data, tta=parse_tta(tta),
         tta_fraction=tta_fraction, color_jitter=numbers(color_jitter, 2, "--color-jitter"), eval_every=eval_every,
         val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp, tensorboard=tensorboard,
@@ -119,6 +126,7 @@ def train(
         max_steps=max_steps, save_every=save_every, log_every=log_every, device=device if device != "auto" else None,
         eval=False if no_eval else None, time_budget=parse_duration(time_budget) if time_budget is not None else None,
         model_options=parse_kwargs(model_kwargs), num_classes=num_classes)
+    model, recipe, ckpt, settings = with_config_file(config, model, recipe, ckpt, settings)
     command = TrainCommand(model, recipe, settings, resume=resume, ckpt=ckpt, out=out, plot=plot,
                            json_output=json_output, offline=offline, verify=verify,
                            clock=process.started() or time.monotonic())  # a budget counts from the start
@@ -128,3 +136,21 @@ def train(
         GroupCommand(command, seeds, jobs, target).run()
     else:
         command.run()
+
+
+def with_config_file(config: Path | None, model: str | None, recipe: str | None, ckpt: str | None,
+                     settings: dict) -> tuple[str, str | None, str | None, dict]:
+    """MODEL, --recipe, --ckpt and the settings with a --config file's values under the command line's."""
+    from cifarctl.cli.options import config_values
+    from cifarctl.errors import UsageError
+    from cifarctl.run.config_file import merge, train_keys
+
+    from_file = config_values(config, train_keys(), "train") if config is not None else {}
+    model = model or from_file.pop("model", None)
+    recipe = recipe or from_file.pop("recipe", None)
+    ckpt = ckpt or from_file.pop("init_ckpt", None)
+    for key in ("model", "recipe", "init_ckpt"):
+        from_file.pop(key, None)
+    if model is None:
+        raise UsageError("name the MODEL to train (`cifarctl models`), or give --config FILE with a model key")
+    return model, recipe, ckpt, merge(from_file, settings)

@@ -168,12 +168,13 @@ def _manifest_digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def load_cifar10(root: Path | None = None, verify: bool = False) -> CIFAR10:
+def load_cifar10(root: Path | None = None, verify: bool = False, test: bool = True) -> CIFAR10:
     """Load the cached dataset (see ``cifarctl download``).
 
     The test split's arrays (30 MB) are always checked against the manifest's sha256, so no
     reported accuracy comes from altered test images or labels; ``verify=True`` checks the train
-    split's too (150 MB, ``download`` and ``--verify`` do).
+    split's too (150 MB, ``download`` and ``--verify`` do). ``test=False`` never opens the test split's
+    files (``cifarctl tune`` chooses on training images alone): the result's test split is empty.
     Usage: ``data = load_cifar10(); images, labels = data.split(train=True)``
     """
     root = root or paths.dataset_dir()
@@ -189,7 +190,7 @@ def load_cifar10(root: Path | None = None, verify: bool = False) -> CIFAR10:
         raise DatasetError(f"the dataset cache's manifest {root / _MANIFEST} is damaged (its checksum does not "
                            "match): run `cifarctl download --force`")
     arrays = {}
-    for name in _ARRAYS:
+    for name in _ARRAYS if test else _ARRAYS[:2]:
         path = root / f"{name}.npy"
         entry = manifest.get("files", {}).get(name, {})
         check = verify or name.startswith("test_")
@@ -201,9 +202,10 @@ def load_cifar10(root: Path | None = None, verify: bool = False) -> CIFAR10:
             raise DatasetError(f"the dataset cache file {path} is damaged ({exc}): "
                                "run `cifarctl download --force`") from None
         arrays[name] = torch.from_numpy(array)
+    empty = (torch.zeros(0, 32, 32, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
     return CIFAR10(
         arrays["train_images"], arrays["train_labels"].long(),
-        arrays["test_images"], arrays["test_labels"].long(),
+        arrays.get("test_images", empty[0]), arrays.get("test_labels", empty[1]).long(),
         classes=tuple(manifest.get("classes", CLASSES)), source=manifest.get("source", ""),
     )
 

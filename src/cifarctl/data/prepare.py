@@ -102,26 +102,30 @@ def _download(url: str | None, root: Path, force: bool, expected_md5: str | None
     return PrepareResult("downloaded", write_cache(data, root), archive=archive)
 
 
-def ensure_cifar10(offline: bool = False, progress: Progress | None = None, verify: bool = False) -> CIFAR10:
-    """The cached dataset, downloading it first when missing (unless ``offline``); see ``load_cifar10``."""
+def ensure_cifar10(offline: bool = False, progress: Progress | None = None, verify: bool = False,
+                   test: bool = True) -> CIFAR10:
+    """The cached dataset, downloading it first when missing (unless ``offline``); see ``load_cifar10``
+    (``test=False``: its test files are not opened)."""
     if cache_info(paths.dataset_dir()) is None:
         if offline:
             raise DatasetError(f"CIFAR-10 is not in {paths.dataset_dir()} and --offline is set: run "
                                "`cifarctl download --from PATH` with the archive or an image folder")
         download_cifar10(progress=progress or NullProgress())
-    return load_cifar10(verify=verify)
+    return load_cifar10(verify=verify, test=test)
 
 
 DATA_CHOICES = ("cifar10", "fake")
 
 
-def dataset_for(choice: str, offline: bool = False, progress: Progress | None = None, verify: bool = False) -> CIFAR10:
+def dataset_for(choice: str, offline: bool = False, progress: Progress | None = None, verify: bool = False,
+                test: bool = True) -> CIFAR10:
     """The dataset ``--data`` names: ``cifar10``, the cached dataset (downloaded when missing unless
-    ``offline``); ``fake``, random images, no download. Usage: ``dataset_for("fake")``"""
+    ``offline``); ``fake``, random images, no download. ``test=False``: the training images alone (the test
+    split empty, its files never opened). Usage: ``dataset_for("fake")``"""
     if choice == "fake":
         from cifarctl.data.cifar10 import fake_cifar10
 
-        return fake_cifar10()
+        return fake_cifar10(test=10_000 if test else 0)
     if choice != "cifar10":
         raise UsageError(f"unknown --data {choice!r}: use {' or '.join(DATA_CHOICES)}")
-    return ensure_cifar10(offline=offline, progress=progress, verify=verify)
+    return ensure_cifar10(offline=offline, progress=progress, verify=verify, test=test)

@@ -87,7 +87,8 @@ class TrainConfig:
     # step, decoupled from the lr (SGD, and the SGD part of muon).
     lr_units: str = "torch"
     lr_schedule: str = "none"
-    warmup_epochs: float = 0.0       # linear ramp length in epochs; 0 with onecycle/triangle: 25%/23% of the run
+    warmup_epochs: float = 0.0       # linear ramp length in epochs; 0 with onecycle/triangle: warmup_fraction of the run
+    warmup_fraction: float | None = None  # the ramp's share of the run when warmup_epochs is 0; None: 25%/23%
     # The ramp never rises faster than from its start to the peak in this many steps: a shorter ramp
     # (a short run) stops below the peak, and the rest of the schedule scales down with it. 0: no bound.
     min_ramp_steps: int = 0
@@ -177,6 +178,8 @@ class TrainConfig:
             from cifarctl.models.spec import canonical_spec
 
             self.model = canonical_spec(self.model)
+        if self.warmup_fraction is not None and not 0 < self.warmup_fraction < 1:
+            raise UsageError("--warmup-fraction is the ramp's share of the run: above 0, below 1")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UsageError("--label-smoothing must be in [0, 1)")
         self.mean, self.std = tuple(self.mean), tuple(self.std)  # type: ignore[assignment]

@@ -87,6 +87,7 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             register_run(self.path)
         self.write_config(config)
+        self.write_config_file(config)
         if tensorboard:
             # Events after the checkpoint belong to work the resume redoes (as metrics.jsonl drops them).
             self.log.mirror = TensorBoardWriter(self.path / "tensorboard", purge_step=resumed_step + 1 if resumed_step
@@ -97,17 +98,36 @@ class RunFolder:
             with self._writing(self.path / "config.json"):
                 write_text(self.path / "config.json", json.dumps(config, indent=2) + "\n")
 
+    def write_config_file(self, config: dict[str, Any]) -> None:
+        """``config.toml``: the run's settings as ``--config`` reads them (``cifarctl.run.config_file``)."""
+        if self.writer:
+            from cifarctl.models.spec import display_name
+            from cifarctl.run.config_file import run_settings, to_toml
+
+            target = self.path / "config.toml"
+            with self._writing(target):
+                write_text(target, to_toml(run_settings(config), f"{display_name(config['model'])}: {self.path}"))
+
     def append(self, record: dict[str, Any]) -> None:
-        """One record of ``metrics.jsonl`` (and TensorBoard)."""
+        """One record of ``metrics.jsonl`` (and TensorBoard); an epoch's also a row of ``metrics.csv``."""
         if self.writer:
             with self._writing(self.log.path):
                 self.log.append(record)
+            if record.get("type") == "epoch":
+                self.write_table()
 
     def drop_records_after(self, global_step: int) -> None:
         """Records after the checkpoint describe work that a resume is about to redo."""
         if self.writer:
             with self._writing(self.log.path):
                 self.log.truncate_after(global_step)
+            self.write_table()
+
+    def write_table(self) -> None:
+        """``metrics.csv``: metrics.jsonl's epoch records, one row each, for spreadsheets and plotting."""
+        target = self.path / "metrics.csv"
+        with self._writing(target):
+            self.log.write_csv(target)
 
     def save(self, state: dict[str, Any], best: bool = False) -> None:
         """Write ``state`` as ``last.pt`` (and ``best.pt``). A failed write (a full disk) leaves the previous

@@ -18,6 +18,7 @@ from cifarctl.atomic import write_text
 from cifarctl.run.log import MetricsLog
 
 INDEX = "index.txt"
+STUDY_FILE = "study.json"  # what makes a folder a study of `cifarctl tune` (its trials are run folders in it)
 
 
 def indexed_runs() -> list[Path]:
@@ -30,13 +31,14 @@ def indexed_runs() -> list[Path]:
 
 
 def register_run(run_dir: Path) -> None:
-    """Record ``run_dir`` in the index unless it lies under the runs root (found there anyway) or is a seed of a
-    group (listed with its group)."""
+    """Record ``run_dir`` in the index unless it lies under the runs root (found there anyway), is a seed of a
+    group (listed with its group) or a trial of a study (listed with its study)."""
     from cifarctl.run.group import is_group
 
     run_dir = Path(run_dir).resolve()
     root = paths.runs_root().resolve()
-    if run_dir.is_relative_to(root) or run_dir in indexed_runs() or is_group(run_dir.parent):
+    if run_dir.is_relative_to(root) or run_dir in indexed_runs() or is_group(run_dir.parent) or \
+            (run_dir.parent.parent / STUDY_FILE).is_file():
         return
     known = [str(p) for p in indexed_runs()]
     write_text(root / INDEX, "\n".join([*known, str(run_dir)]) + "\n")
@@ -185,3 +187,48 @@ def list_groups(model: str | None = None) -> list[GroupInfo]:
         groups.append(GroupInfo(record.model, folder, len(record.runs), len(record.seeds), summary.get("mean"),
                                 summary.get("std"), summary.get("ci95"), state, modified))
     return sorted(groups, key=lambda g: g.modified)
+
+
+@dataclass
+class StudyInfo:
+    """One study of ``cifarctl tune``, as ``cifarctl runs`` lists it (from its study.json and trials.csv)."""
+
+    model: str
+    path: Path
+    trials: dict[str, int]          # trials by state: complete, pruned, fail, running
+    best: float | None              # the best held-out accuracy (%)
+    modified: datetime
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": "study", "model": self.model, "path": str(self.path), "trials": self.trials,
+                "best_val_accuracy": self.best, "modified": self.modified.isoformat(timespec="seconds")}
+
+
+def list_studies(model: str | None = None) -> list[StudyInfo]:
+    """Studies under the runs root (``<runs>/<model>/tune-*``) and indexed ``--out`` ones, oldest first."""
+    import csv
+
+    from cifarctl.models.spec import canonical_spec, run_folder_name
+
+    pattern = f"{glob.escape(run_folder_name(model)) if model else '*'}/*/{STUDY_FILE}"
+    folders = [path.parent for path in paths.runs_root().glob(pattern)]
+    folders += [f for f in indexed_runs() if (f / STUDY_FILE).is_file() and f not in folders]
+    studies = []
+    for folder in folders:
+        try:
+            spec = json.loads((folder / STUDY_FILE).read_text(encoding="utf-8")).get("spec", {})
+            rows = list(csv.DictReader((folder / "trials.csv").open(encoding="utf-8"))) \
+                if (folder / "trials.csv").is_file() else []
+            modified = datetime.fromtimestamp(max(p.stat().st_mtime for p in (folder / STUDY_FILE, folder / "trials.csv")
+                                                  if p.exists()))
+        except (OSError, ValueError, AttributeError, csv.Error):
+            continue
+        if model is not None and spec.get("model") != canonical_spec(model):
+            continue
+        states: dict[str, int] = {}
+        for row in rows:
+            states[row.get("state", "").lower()] = states.get(row.get("state", "").lower(), 0) + 1
+        values = [float(r["val_accuracy"]) for r in rows if r.get("state") == "COMPLETE" and r.get("val_accuracy")]
+        studies.append(StudyInfo(str(spec.get("model", folder.parent.name)), folder, states,
+                                 max(values) if values else None, modified))
+    return sorted(studies, key=lambda s: s.modified)

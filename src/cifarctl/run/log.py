@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,19 @@ class MetricsLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def write_csv(self, target: Path, kind: str = "epoch") -> None:
+        """The records of type ``kind`` as a CSV table (a column for every field any of them has), atomically."""
+        rows = [{k: v for k, v in record.items() if k != "type"} for record in self.read_safe()
+                if record.get("type") == kind]
+        columns: dict[str, None] = {}
+        for row in rows:
+            columns.update(dict.fromkeys(row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(target, buffer.getvalue())
 
     def read_safe(self) -> list[dict[str, Any]]:
         """Like ``read``, skipping unreadable lines (a line cut by a crash)."""

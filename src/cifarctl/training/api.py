@@ -128,7 +128,8 @@ def _family_request(family: str, recipe: str | None, settings: dict[str, Any], r
 def train(cfg: TrainConfig, data: DataSource = None, out_dir: Path | None = None, progress: Progress | None = None,
           stop: threading.Event | None = None, notify: Callable[[str], None] | None = None,
           clock: float | None = None, started: Callable[[RunStart], None] | None = None,
-          model: nn.Module | None = None, alone: bool = False) -> TrainResult:
+          model: nn.Module | None = None, alone: bool = False,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train ``cfg.model`` on ``data`` into ``out_dir`` (default: a new run folder).
 
     ``cfg.model`` is a registered name or a spec (``path/to/file.py:Name``, ``package.module:name``,
@@ -136,6 +137,7 @@ def train(cfg: TrainConfig, data: DataSource = None, out_dir: Path | None = None
     With ``cfg.time_budget`` the run fits its length to that many seconds, counted from ``clock``
     (a ``time.monotonic()``; default: now) and says what it chose through ``notify``. ``alone``: this process
     trains the run by itself even under torchrun (a group's seeds, split over the ranks).
+    ``on_epoch``: called with each epoch's record; an exception it raises stops the run (``Trainer``).
     Usage: ``train(TrainConfig("resnet50", epochs=1, device="cpu"), load_cifar10())``
     """
     with distributed_session(cfg.device, alone) as info:
@@ -149,7 +151,7 @@ def train(cfg: TrainConfig, data: DataSource = None, out_dir: Path | None = None
             if started is not None:
                 started(RunStart(run_dir, info.world_size, resumed=False))
             return Trainer(cfg, dataset, run_dir, progress, stop, notify=notify, clock=clock, model=model,
-                           alone=alone).run()
+                           alone=alone, on_epoch=on_epoch).run()
 
 
 def resume(run_dir: Path, data: DataSource = None, overrides: dict[str, Any] | None = None,

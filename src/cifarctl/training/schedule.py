@@ -235,7 +235,8 @@ def _linear(optimizer: torch.optim.Optimizer, total: int, ramp: int, start: floa
 
 
 def _ramp_steps(cfg: TrainConfig, total: int, steps_per_epoch: int) -> int:
-    ramp = round(cfg.warmup_epochs * steps_per_epoch) or round(RAMP_FRACTION.get(cfg.lr_schedule, 0) * total)
+    share = cfg.warmup_fraction if cfg.warmup_fraction is not None else RAMP_FRACTION.get(cfg.lr_schedule, 0)
+    ramp = round(cfg.warmup_epochs * steps_per_epoch) or round(share * total)
     return min(ramp, total - 1)
 
 

@@ -49,12 +49,16 @@ class Trainer:
     ``clock``: the ``time.monotonic()`` from which ``cfg.time_budget`` counts (default: now).
     ``resume``: the checkpoint (``load_run``'s state) to continue from, at its exact step.
     ``model``: a model the caller built, trained instead of building ``cfg.model`` (then only its label).
+    ``on_epoch``: called with each epoch's record (its evaluation in it) once it is logged; what it raises
+    ends the run there (a tuner's pruner), after the folder is closed.
     """
 
     def __init__(self, cfg: TrainConfig, data: CIFAR10, run_dir: Path, progress: Progress | None = None,
                  stop: threading.Event | None = None, resume: dict[str, Any] | None = None,
                  notify: Callable[[str], None] | None = None, clock: float | None = None,
-                 model: torch.nn.Module | None = None, alone: bool = False) -> None:
+                 model: torch.nn.Module | None = None, alone: bool = False,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.on_epoch = on_epoch
         self.cfg, self.data, self.run_dir = dataclasses.replace(cfg), data, run_dir  # a copy: resolved below
         self.progress = progress or NullProgress()
         self.stop = stop or threading.Event()
@@ -220,6 +224,8 @@ class Trainer:
         due = final or (cfg.eval_every and self.step_in_epoch == 0 and self.epoch % cfg.eval_every == 0)
         best = cfg.eval and bool(due) and self._score(record, final)
         self.folder.append(record)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
         if final and cfg.eval and self.val_loader is not None:
             self._final_test()
         self.save(best=best)
