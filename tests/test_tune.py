@@ -173,7 +173,7 @@ def test_two_processes_share_one_journal(cached, home: Path, net: str, tmp_path:
 
 @pytest.mark.parametrize("args, words", [
     (["--time-budget", "1m", "--trial-budget", "2m"], "longer than --time-budget"),
-    (["--time-budget", "1m", "--storage", "postgresql://me:secret@127.0.0.1:1/none"], "cannot open it"),
+    (["--time-budget", "5m", "--storage", "postgresql://me:secret@127.0.0.1:1/none"], "cannot open it"),
 ])
 def test_bad_inputs_are_one_line_and_leave_nothing(cached, net: str, tmp_path: Path, args, words) -> None:
     study = tmp_path / "study"
@@ -185,7 +185,7 @@ def test_bad_inputs_are_one_line_and_leave_nothing(cached, net: str, tmp_path: P
 
 
 def test_an_unknown_model_is_one_line(cached, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["tune", "resnet5O", "--time-budget", "1m", "--out", str(tmp_path / "s"), *FAST])
+    result = CliRunner().invoke(app, ["tune", "resnet5O", "--time-budget", "5m", "--out", str(tmp_path / "s"), *FAST])
     assert result.exit_code != 0 and "resnet50" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
 

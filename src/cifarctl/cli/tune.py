@@ -120,7 +120,10 @@ class TuneCommand:
         elif jobs * local > 1:
             torch.set_num_threads(threads_per_job(jobs * local))
         workers = [] if self.worker else self.start_workers(session, jobs)
-        view = TrialsView(session, self.err, live=not (self.worker or self.json_output) and self.err.is_terminal)
+        from rich.console import Console
+
+        console = Console(quiet=True) if self.worker else self.err  # a worker's trials are in the study's table
+        view = TrialsView(session, console, live=not (self.worker or self.json_output) and console.is_terminal)
         stop, received = threading.Event(), []
 
         def on_event(event: Any) -> None:

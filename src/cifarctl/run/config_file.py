@@ -105,7 +105,7 @@ def to_toml(values: dict[str, Any], comment: str = "") -> str:
     import tomli_w
 
     plain = {k: _plain(v) for k, v in values.items() if v is not None}
-    tables = {k: v for k, v in plain.items() if isinstance(v, dict)}
+    tables = {k: v for k, v in plain.items() if isinstance(v, dict) and v}  # an empty table says nothing
     scalars = {k: v for k, v in plain.items() if not isinstance(v, dict)}
     lead = "".join(f"# {line}\n" if line else "#\n" for line in comment.splitlines())
     return lead + HEADER + "\n" + tomli_w.dumps({**scalars, **tables})
