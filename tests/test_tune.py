@@ -194,3 +194,36 @@ def test_without_optuna_tune_says_how_to_get_it(cached, net: str, monkeypatch: p
     monkeypatch.setitem(sys.modules, "optuna", None)
     result = CliRunner().invoke(app, ["tune", net, "--time-budget", "1m", *FAST])
     assert result.exit_code != 0 and "pip install 'cifarctl[tune]'" in result.output
+
+
+def test_confirm_alone_reads_the_test_set_and_runs_lists_the_study(cached, net: str, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    runner = CliRunner()
+    result = runner.invoke(app, ["tune", net, "--time-budget", "14s", "--trial-budget", "3s", "--confirm", "2",
+                                 "--out", str(study), *FAST])
+    assert result.exit_code == 0, result.output
+    assert "test set: default" in result.output and "best - default" in result.output
+    for label in ("default", "best"):
+        summary = json.loads((study / "confirm" / label / "summary.json").read_text())
+        assert len(summary["runs"]) == 2 and all(r["test_accuracy"] is not None for r in summary["runs"])
+        assert json.loads((study / "confirm" / label / "seed-0" / "config.json").read_text())["val_split"] == 0
+    listed = runner.invoke(app, ["runs", "--json"])
+    studies = [r for r in json.loads(listed.stdout) if r.get("kind") == "study"]
+    assert [Path(s["path"]) for s in studies] == [study] and studies[0]["trials"]
+    written = runner.invoke(app, ["tune", "--resume", str(study), "--trial", "0", "--out", str(tmp_path / "t0.toml"),
+                                  "--offline"])
+    assert written.exit_code == 0, written.output
+    again = runner.invoke(app, ["train", "--config", str(tmp_path / "t0.toml"), "--max-steps", "1", "--offline",
+                                "--out", str(tmp_path / "t0")])
+    assert again.exit_code == 0, again.output
+
+
+def test_the_range_test_tells_a_dead_network_from_noise() -> None:
+    from cifarctl.tune.lr_range import diverged
+
+    assert diverged(float("nan"), 2.0, 2.3, 1) and diverged(float("inf"), 2.0, 2.3, 30)
+    assert diverged(8.5, 2.0, 2.3, 30)                    # 4x its lowest
+    assert diverged(2.30, 1.6, 2.3, 30)                   # back to guessing after it had learned
+    assert not diverged(2.30, 2.25, 2.3, 30)              # it never learned: no sign either way
+    assert not diverged(1.75, 1.6, 2.3, 30)               # a wobble near its lowest
+    assert not diverged(9.0, 2.0, 2.3, 3)                 # the first steps are not judged

@@ -4,8 +4,12 @@ smoothed loss (Smith's test, as fastai's ``lr_find`` runs it).
 Its suggestion alone is known to mislead (an early spike, a flat curve, a minimum that is only where a
 short test had trained longest), so ``tune`` does not train with it: it only bounds the search, whose
 trials train and are judged on held-out images. The bound is the largest lr before the loss diverged
-(its smoothed value rose to 4x its lowest, or stopped being finite): no peak lr above it can train. The
-search runs from a thousandth of it up to it; the lr of the lowest loss is kept for the record.
+(its smoothed value rose to 4x its lowest, gave back half of what it had gained, or stopped being finite:
+a network whose units died at a large lr returns to the loss of guessing, which is no rise of 4x): no
+peak lr above it can train. The
+search runs from a thousandth of it up to it; the lr of the lowest loss is kept for the record. A test whose
+loss never fell a tenth cannot tell divergence from a network that stopped learning: its bound is then ten
+times the lr of its lowest loss.
 """
 
 from __future__ import annotations
@@ -24,6 +28,17 @@ END_LR = {"sgd": 30.0, "adam": 1.0}
 STEPS = 80
 SMOOTHING = 0.9       # the loss's exponential average (bias-corrected)
 DIVERGED = 4.0        # the smoothed loss at this multiple of its lowest: the test stops
+INFORMATIVE = 0.9     # a test whose loss fell below this share of where it started has seen the lr train
+
+
+def diverged(value: float, lowest: float, first: float, step: int) -> bool:
+    """Whether the smoothed loss ``value`` says the lr is past what trains: not finite; after the first steps,
+    4x its lowest; or, once it had fallen a tenth below where it started, back above the middle of the two."""
+    if not math.isfinite(value):
+        return True
+    if step <= 5:
+        return False
+    return value > DIVERGED * lowest or (lowest < INFORMATIVE * first and value > (lowest + first) / 2)
 
 
 @dataclass
@@ -72,11 +87,15 @@ def lr_range_test(cfg: TrainConfig, data: CIFAR10, device: torch.device, steps: 
             loss = running.read()[0]
             smoothed = SMOOTHING * smoothed + (1 - SMOOTHING) * loss
             value = smoothed / (1 - SMOOTHING ** (step + 1))
-            if not math.isfinite(value) or (step > 5 and value > DIVERGED * lowest):
+            if diverged(value, lowest, losses[0] if losses else value, step):
                 break
             lrs.append(lr)
             losses.append(value)
             lowest = min(lowest, value)
     if not losses:
         return RangeTest(name, [], [], start, start, filters, norm_free)
-    return RangeTest(name, lrs, losses, lrs[-1], lrs[losses.index(min(losses))], filters, norm_free)
+    lowest = lrs[losses.index(min(losses))]
+    # A loss that never fell a tenth (a slow learner such as LeNet in 80 steps) tells no divergence from a
+    # network that stopped learning: the bound is then ten times the lr of its lowest point.
+    bound = lrs[-1] if min(losses) < INFORMATIVE * losses[0] else min(lrs[-1], 10 * lowest)
+    return RangeTest(name, lrs, losses, bound, lowest, filters, norm_free)

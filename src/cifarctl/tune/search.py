@@ -82,9 +82,10 @@ def measure_bounds(spec: TuneSpec, data: CIFAR10, device: torch.device,
         if not test.filters and "muon" in optimizers:
             optimizers.remove("muon")
             notify("the model has no conv filters: Muon is left out of the search")
-        diverged = "diverged after" if len(test.lrs) < STEPS else "had not diverged at"
-        notify(f"lr range test, {name}: the loss {diverged} lr {test.bound:.3g} (lowest at {test.lowest:.3g}); "
-               f"the search takes lr up to {test.bound:.3g}")
+        ended = f"diverged after lr {test.lrs[-1]:.3g}" if len(test.lrs) < STEPS else \
+            f"had not diverged at lr {test.lrs[-1]:.3g}" if test.lrs else "diverged at once"
+        notify(f"lr range test, {name}: the loss {ended} (lowest at {test.lowest:.3g}); the search takes lr up to "
+               f"{test.bound:.3g}")
     return dataclasses.replace(spec, bounds=bounds, optimizers=tuple(optimizers), norm_free=norm_free,
                                range_seconds=time.monotonic() - started)
 
