@@ -6,9 +6,9 @@ then runs two processes on one study named in it: the first starts the study (`t
 CIFARCTL_HOME and study folder, as another machine would. Both train trials on a small generated dataset
 (no download). Checks that both processes' trials are in the one study, numbered once each, and that the
 joining process found the study's settings in the database. Needs PostgreSQL's server programs (initdb,
-pg_ctl) and psycopg2 (`pip install psycopg2-binary`); not part of the test suite.
+pg_ctl) and a PostgreSQL driver for SQLAlchemy (`pip install 'psycopg[binary]'`); not part of the test suite.
 
-    python bench/tune_postgres.py [--trial-budget 4s] [--time-budget 24s]
+    python bench/tune_postgres.py [--trial-budget 4s] [--time-budget 30s]
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def stop_server(folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trial-budget", default="4s")
-    parser.add_argument("--time-budget", default="24s")
+    parser.add_argument("--time-budget", default="30s")
     args = parser.parse_args()
     from cifarctl.data.cifar10 import fake_cifar10, write_cache
 
@@ -98,7 +98,9 @@ def main() -> None:
                                       "--time-budget", args.time_budget, "--trial-budget", args.trial_budget,
                                       "--val-split", "100", "--out", str(root / "study-a"), *common],
                                      env={**os.environ, "CIFARCTL_HOME": str(homes[0])})
-            time.sleep(8)  # the first process has made the study (its lr range tests take a few seconds)
+            deadline = time.monotonic() + 120  # the first process makes the study (after its lr range tests)
+            while not (root / "study-a" / "study.json").is_file() and time.monotonic() < deadline:
+                time.sleep(0.5)
             second = subprocess.run([sys.executable, "-m", "cifarctl", "tune", "--out", str(root / "study-b"), *common],
                                     env={**os.environ, "CIFARCTL_HOME": str(homes[1])})
             first.wait()

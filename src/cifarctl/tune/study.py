@@ -82,7 +82,7 @@ def open_storage(folder: Path, url: str | None) -> Any:
     except Exception as exc:  # sqlalchemy's OperationalError, a missing driver (ModuleNotFoundError), a bad URL
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"--storage {_hide_password(url)}: cannot open it ({reason[:200]}); check the URL, that "
-                         "the server runs, and its driver (psycopg2 for postgresql://)") from None
+                         "the server runs, and its driver (pip install 'psycopg[binary]' for postgresql://)") from None
 
 
 def _journal_backend(optuna: Any, path: Path) -> Any:
