@@ -125,7 +125,7 @@ def dataset_for(choice: str, offline: bool = False, progress: Progress | None = 
     if choice == "fake":
         from cifarctl.data.cifar10 import fake_cifar10
 
-        return fake_cifar10(test=10_000 if test else 0)
+        return fake_cifar10() if test else fake_cifar10(test=0)
     if choice != "cifar10":
         raise UsageError(f"unknown --data {choice!r}: use {' or '.join(DATA_CHOICES)}")
     return ensure_cifar10(offline=offline, progress=progress, verify=verify, test=test)
