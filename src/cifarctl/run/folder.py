@@ -23,12 +23,12 @@ from cifarctl.run.index import register_run
 from cifarctl.run.log import MetricsLog, TensorBoardWriter
 
 
-def new_run_dir(model_name: str) -> Path:
-    """A fresh folder ``<runs>/<model>/<timestamp>`` (suffixed if taken); a spec's runs go under a name made of
-    it (``resnet.ResNet18`` for ``models/resnet.py:ResNet18``)."""
+def new_run_dir(model_name: str, prefix: str = "") -> Path:
+    """A fresh folder ``<runs>/<model>/<prefix><timestamp>`` (suffixed if taken); a spec's runs go under a name
+    made of it (``resnet.ResNet18`` for ``models/resnet.py:ResNet18``)."""
     from cifarctl.models.spec import run_folder_name
 
-    base = paths.runs_root() / run_folder_name(model_name) / datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = paths.runs_root() / run_folder_name(model_name) / f"{prefix}{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     candidate, n = base, 1
     while candidate.exists():
         n += 1

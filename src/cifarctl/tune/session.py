@@ -12,7 +12,6 @@ import contextlib
 import shutil
 import threading
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -49,14 +48,9 @@ class Session:
 
 def default_folder(model: str) -> Path:
     """``<runs>/<model>/tune-<timestamp>``: beside the model's runs, so `cifarctl runs` lists it with them."""
-    from cifarctl.models.spec import run_folder_name
+    from cifarctl.run.folder import new_run_dir
 
-    base = paths.runs_root() / run_folder_name(model) / f"tune-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+    return new_run_dir(model, prefix="tune-")
 
 
 @contextlib.contextmanager
