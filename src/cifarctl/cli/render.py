@@ -197,3 +197,12 @@ def format_info(info: dict[str, object]) -> str:
     if "img_s" in info:
         parts.append(f"{float(info['img_s']):,.0f} img/s")  # type: ignore[arg-type]
     return " · ".join(parts)
+
+
+def comparison_line(result: Any, a: str = "A", b: str = "B") -> str:
+    """One line of two groups compared (``stats.Comparison``): each mean with its n, the difference, its 95%
+    interval and the time ratio; ``a`` and ``b`` name the groups (``runs compare``, ``tune --confirm``)."""
+    interval = f", 95% CI {result.ci95[0]:+.2f} to {result.ci95[1]:+.2f}" if result.ci95 else ""
+    times = f"; {b} takes {result.time_ratio:.2f}x {a}'s time" if result.time_ratio is not None else ""
+    return (f"{a}: {result.mean_a:.2f}% (n={result.n_a}) · {b}: {result.mean_b:.2f}% (n={result.n_b}) · "
+            f"{b} - {a} = {result.difference:+.2f} points{interval}{times}")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cifarctl import paths
 from cifarctl.cli.options import Json
-from cifarctl.cli.render import err_console, handle_errors, out_console, print_json
+from cifarctl.cli.render import comparison_line, err_console, handle_errors, out_console, print_json
 
 if TYPE_CHECKING:
     from cifarctl.run.index import GroupInfo, RunInfo
@@ -163,8 +163,5 @@ def _compare(args: list[str], json_output: bool) -> None:
     if json_output:
         print_json(result.to_dict())
         return
-    interval = f", 95% CI {result.ci95[0]:+.2f} to {result.ci95[1]:+.2f}" if result.ci95 else ""
-    times = f"; B takes {result.time_ratio:.2f}x A's time" if result.time_ratio is not None else ""
-    out_console().print(f"A: {result.mean_a:.2f}% (n={result.n_a}) · B: {result.mean_b:.2f}% (n={result.n_b}) · "
-                        f"B - A = {result.difference:+.2f} points{interval}{times}")
+    out_console().print(comparison_line(result))
     out_console().print(f"[bold]{result.sentence}[/]")

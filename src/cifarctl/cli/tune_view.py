@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from cifarctl.cli.render import err_console, out_console, print_json
+from cifarctl.cli.render import comparison_line, err_console, out_console, print_json
 
 SHOWN = 12  # the latest trials the live table shows (all of them are in trials.csv)
 
@@ -145,7 +145,5 @@ def report_confirm(session: Any, seeds: int, offline: bool, verify: bool, json_o
     if json_output:
         print_json({"default": str(default), "best": str(best), "comparison": result.to_dict()})
         return
-    interval = f", 95% CI {result.ci95[0]:+.2f} to {result.ci95[1]:+.2f}" if result.ci95 else ""
-    out_console().print(f"test set: default {result.mean_a:.2f}% (n={result.n_a}) · best {result.mean_b:.2f}% "
-                        f"(n={result.n_b}) · best - default = {result.difference:+.2f} points{interval}")
+    out_console().print(f"test set: {comparison_line(result, 'default', 'best')}")
     out_console().print(f"[bold]{result.sentence}[/]  (cifarctl runs compare {default} {best})")
