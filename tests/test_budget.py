@@ -223,37 +223,55 @@ def planned_at_10s(monkeypatch: pytest.MonkeyPatch, budget_s: float, eval_every:
     return budget, budget.plan(1.0, {0: 1.0, 1: 2.0, 2: 6.0}, shape, done_steps=2), now
 
 
-def test_a_slower_machine_shortens_the_plan_and_cheaper_steps_lengthen_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_slow_epoch_costs_its_lost_time_not_the_rest_of_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transient (one epoch at 3x, a busy neighbour) shortens the plan by the seconds it took, no more: the
+    steps to come are planned at the run's usual pace, and the run still ends on time."""
+    budget, plan, now = planned_at_10s(monkeypatch, 100.0, eval_every=0)
+    now[0] = 20.0
+    assert budget.refit(12) is None  # 10 steps in 10 s: on the plan's pace
+    now[0] = 50.0
+    refitted = budget.refit(22)  # 10 steps in 30 s: the machine was busy
+    assert refitted is not None and "1.00x the time first measured" in refitted.note
+    assert refitted.steps == 22 + int((100 - 50 - plan.reserve_s - plan.final_eval_s) // 1.0)
+    assert refitted.final_eval_s == plan.final_eval_s
+    now[0] = 60.0
+    assert budget.refit(32) is None  # quick again: the plan holds
+    # Where the old rule (the slower of the pace since the plan and the last epoch's) would have planned the
+    # rest at 3x: 22 + 15 steps, a run ending 30 s early.
+    assert refitted.steps > 22 + int((100 - 50 - plan.reserve_s - 3 * plan.final_eval_s) // 3.0) + 20
+
+
+def test_two_slow_epochs_are_a_trend_and_a_quick_machine_lengthens_again(monkeypatch: pytest.MonkeyPatch) -> None:
     budget, plan, now = planned_at_10s(monkeypatch, 100.0, eval_every=0)
     assert not budget.measuring and plan.steps == 2 + int((100 - 10 - plan.reserve_s - 2.0) // 1.0)
     now[0] = 20.0
-    assert budget.refit(12) is None  # 10 steps in 10 s: on the plan's pace
+    assert budget.refit(12) is None
     now[0] = 40.0
-    refitted = budget.refit(22)  # 10 steps in 20 s: at 2 s a step the plan's end is out of reach
-    assert refitted is not None and refitted.steps < plan.steps
+    first = budget.refit(22)  # one epoch at 2 s a step: its lost time only
+    assert first is not None and "1.00x" in first.note
+    now[0] = 60.0
+    refitted = budget.refit(32)  # a second one: the machine is slower now
+    assert refitted is not None and refitted.steps < first.steps
     assert "2.00x the time first measured" in refitted.note and "ended late" in refitted.note
     assert refitted.final_eval_s == pytest.approx(2 * plan.final_eval_s)  # it slows down alike
-    assert refitted.steps == 22 + int((100 - 40 - plan.reserve_s - refitted.final_eval_s) // 2.0)
-    now[0] = 60.0
-    again = budget.refit(32)  # 2 s a step still: the refitted plan holds, and is not refitted twice
-    assert again is None
+    assert refitted.steps == 32 + int((100 - 60 - plan.reserve_s - refitted.final_eval_s) // 2.0)
     now[0] = 65.0
-    # 10 steps in 5 s: ahead of the refitted plan. It lengthens, at the slower of the pace since the plan
-    # (55 s for 40 steps) and the last epoch's (0.5 s a step), so that the end stays on time.
-    longer = budget.refit(42)
+    budget.refit(42)  # one quick epoch (0.5 s a step) after two slow ones: still planned at 2x
+    assert budget.planned.note.endswith(("late", "early")) and "2.00x" in budget.planned.note
+    now[0] = 70.0
+    longer = budget.refit(52)  # a second quick one: the plan cut while slow is lengthened
     assert longer is not None and budget.planned is longer and longer.steps > refitted.steps
-    left = 100 - 65 - plan.reserve_s - refitted.final_eval_s
-    assert longer.steps == 42 + int(left // (55 / 40))
-    assert "1.38x the time first measured" in longer.note and "ended early" in longer.note
-    now[0] = 67.75
-    assert budget.refit(44) is None  # 2 steps at the pace it lengthened with (55 s / 40 steps): no change
+    assert "0.50x the time first measured" in longer.note and "ended early" in longer.note
+    assert longer.steps == plan.most_steps(52, 100 - 70 - plan.reserve_s - plan.final_eval_s, 0.5)
 
 
 def test_a_refitted_plan_counts_the_evaluations_the_run_makes(monkeypatch: pytest.MonkeyPatch) -> None:
     """--eval-every 3: a refit counts one evaluation every third epoch, as the plan did (not one every epoch)."""
     budget, plan, now = planned_at_10s(monkeypatch, 1000.0, eval_every=3)
     assert plan.evaluations == budget_mod.evaluations_before_end(plan.steps, 10, 3) > 0
-    now[0] += 2 * plan.cost(2, 32)  # the first 30 steps (an evaluation among them) took twice the plan's time
+    now[0] += 2 * plan.cost(2, 22)  # two epochs (an evaluation among them) took twice the plan's time
+    budget.refit(22)
+    now[0] += 2 * plan.cost(22, 32)
     refitted = budget.refit(32)
     assert refitted is not None and refitted.steps < plan.steps
     assert "2.00x the time first measured" in refitted.note and "ended late" in refitted.note

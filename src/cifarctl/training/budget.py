@@ -15,6 +15,7 @@ fixes the schedule to exactly that length: the run ends annealed, on time.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -29,6 +30,7 @@ CALIBRATION_MIN_S = 1.0      # on fast devices, keep timing steps until this lon
 CALIBRATION_MAX_STEPS = 50   # ... or this many
 CALIBRATION_SHARE = 0.05     # on slow machines, stop measuring once this share of the budget is spent
 EXTEND_SHARE = 0.02          # a run ahead of its plan by more than this share of its steps is lengthened
+PACE_WINDOWS = 3             # the refit plans with the lower median of the last this many epochs' paces
 
 @dataclass(frozen=True)
 class RunShape:
@@ -69,6 +71,7 @@ class TimeBudget:
         self.first_plan: BudgetPlan | None = None  # the plan made from the measured steps
         self.planned_at: tuple[float, int] = (0.0, 0)  # (time.monotonic(), global step) when it was planned
         self.last_check: tuple[float, int] | None = None  # the same at the last refit
+        self.paces: list[float] = [1.0]  # each epoch's pace since the plan, against the plan's (1.0: as measured)
 
     @property
     def measuring(self) -> bool:
@@ -129,29 +132,28 @@ class TimeBudget:
         return plan
 
     def refit(self, global_step: int) -> BudgetPlan | None:
-        """At an epoch's end: a new length when the run, at the pace it has kept since it was planned
-        (evaluations and saves included), would end past the budget, or well before it; None while on time.
+        """At an epoch's end: a new length when the run, at the pace it keeps, would end past the budget, or
+        well before it; None while on time.
 
-        A shared machine can slow down after the first steps were timed (seen here: a fifth to a third
-        slower from the third epoch of a small model, by other work on the host), and a budget is a promise
-        about the end: the plan shortens. It also lengthens when the run is ahead by more than
-        ``EXTEND_SHARE`` of its steps (steps got cheaper than planned after the first were timed), since a
-        budget's minutes are there to be trained. The pace is the plan's own, phases included (``phases``:
-        a model whose first layer stops training after a few epochs runs its later steps faster), and the
-        one it goes on with is the slower of the whole run's since the plan and the last epoch's.
+        A shared machine slows down for a while (seen here: a busy minute made a 2-minute run's steps 1.4x
+        slower), and a budget is a promise about the end: the time already lost is read off the clock, and
+        the steps still to come are planned at the run's typical pace, the lower median of its last
+        ``PACE_WINDOWS`` epochs' (the measured steps' pace standing for the first): one slow epoch is a
+        transient, two in three a trend. So a plan is not cut for the rest of the run on one slow window,
+        and one cut while the machine was slow is lengthened again when it is quick (``EXTEND_SHARE``: a
+        budget's minutes are there to be trained). The pace is the plan's own, phases included (a model
+        whose first layer stops training after a few epochs runs its later steps faster).
         """
         plan, first = self.planned, self.first_plan  # in force; and as measured, not as refitted
-        since, at_step = self.planned_at
-        if plan is None or first is None or global_step <= at_step or global_step >= plan.steps:
+        if plan is None or first is None or global_step >= plan.steps:
             return None
         now = time.monotonic()
-        # The pace against the plan's (evaluations and saves included): since the plan, or over the last
-        # epoch if slower there.
-        slowdown = (now - since) / max(first.cost(at_step, global_step), 1e-9)
-        last_time, last_step = self.last_check or (since, at_step)
-        if global_step > last_step:
-            slowdown = max(slowdown, (now - last_time) / max(first.cost(last_step, global_step), 1e-9))
+        last_time, last_step = self.last_check or self.planned_at
+        if global_step <= last_step:
+            return None
+        self.paces.append((now - last_time) / max(first.cost(last_step, global_step), 1e-9))
         self.last_check = (now, global_step)
+        slowdown = statistics.median_low(self.paces[-PACE_WINDOWS:])
         final_s = first.final_eval_s * max(slowdown, 1.0)
         left = self.seconds - (now - self.clock) - plan.reserve_s - final_s
         fits = max(first.most_steps(global_step, left, slowdown), global_step + 1)
