@@ -97,7 +97,9 @@ def from_config_file(config: Path, model: str | None, ckpt: str | None) -> tuple
     from cifarctl.cli.options import config_values
     from cifarctl.run.config_file import train_keys
 
-    found = config_values(config, train_keys(), "evaluate")
+    from cifarctl.run.config import NULL
+
+    found = {k: v for k, v in config_values(config, train_keys(), "evaluate").items() if v is not NULL}
     beside = Path(config).expanduser().parent / "last.pt"
     if ckpt is None and beside.is_file() and model in (None, found.get("model")):
         ckpt = str(beside)

@@ -25,6 +25,30 @@ DEFAULT_TTA_FRACTION = 0.25  # selective TTA looks twice at this share of the te
 TTA_LEVELS: tuple[int | str, ...] = (0, 1, 2, SELECTIVE)
 
 
+class _Null:
+    """A setting set to None on purpose (a config file's ``"none"``), where an override of None means
+    "keep the recipe's value": ``for_model("airbench94", "muon", bias_lr=NULL)`` trains without a bias lr."""
+
+    _one: _Null | None = None
+
+    def __new__(cls) -> _Null:
+        if cls._one is None:
+            cls._one = super().__new__(cls)
+        return cls._one
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+    def __reduce__(self) -> str:
+        return "NULL"
+
+
+NULL = _Null()
+
+
 def parse_tta(text: str | int | None) -> int | str | None:
     """``--tta``'s value: 0, 1, 2 or selective (None stays None). Usage: ``parse_tta("2") == 2``"""
     from cifarctl.errors import UsageError
@@ -205,7 +229,7 @@ class TrainConfig:
     @classmethod
     def for_model(cls, model: str, recipe: str | None = None, **overrides: Any) -> TrainConfig:
         """The model's registered recipe (its default, or the one called ``recipe``), with
-        ``overrides`` (None values are ignored) on top.
+        ``overrides`` (None values are ignored; ``NULL`` sets a setting to None) on top.
 
         Usage: ``TrainConfig.for_model("airbench94", recipe="muon", seed=1)``
         """
@@ -217,6 +241,7 @@ class TrainConfig:
         # The model's constructor arguments, like every other setting, change one at a time.
         given["model_options"] = {**values.get("model_options", {}), **given.get("model_options", {})}
         values.update(given)
+        values = {k: None if v is NULL else v for k, v in values.items()}  # a setting unset on purpose
         return cls(model=model, recipe=chosen.name, **values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 TOML, not YAML: Python reads it without a dependency (``tomllib``, 3.11+), it is the format of pyproject.toml
 that every Python user has edited, and its values are typed as written: ``lr = 1e-3`` is a number (YAML 1.1,
 as PyYAML reads it, makes ``1e-3`` a string) and ``tta = "no"`` stays a string. It has no null: a setting
-left out takes its default, which is what an absent key should mean.
+left out takes its recipe's value, and a setting that is None where the recipe has a value is written
+``key = "none"`` (read back as ``cifarctl.run.config.NULL``: None on purpose), so that a file re-makes the
+run it came from exactly. Values are checked against ``TrainConfig``'s types as they are read: ``amp =
+"false"`` or ``epochs = "3"`` is one line naming the key and the type it takes.
 
 The keys are ``TrainConfig``'s fields (``lr``, ``batch_size``, ``lr_schedule``, ... as config.json names
 them; ``lr-schedule`` is read as ``lr_schedule``) plus ``model`` and ``recipe``. Values from the file are
@@ -67,8 +70,94 @@ def read_config(path: Path | str, keys: Iterable[str], what: str = "cifarctl") -
             hint = f": did you mean {close[0]} (--{close[0].replace('_', '-')})?" if close else \
                 f"; {what} takes the keys of config.json (`cifarctl train --help` lists them as options)"
             raise UsageError(f"{path}: unknown key {key!r}{hint}")
-        settings[name] = value
+        settings[name] = typed(path, name, value)
     return settings
+
+
+NONE_TEXT = "none"  # a config file's None (TOML has no null)
+TEXT_TOO = {"time_budget": "a duration such as \"2m\""}  # keys read from text by the command line's parsers
+
+
+def typed(path: Path, key: str, value: Any) -> Any:
+    """``value`` of ``key`` as ``TrainConfig`` types it (``"none"`` for a setting that may be None: ``NULL``);
+    a value of another type is one line. Keys that are not ``TrainConfig``'s pass as they are."""
+    from cifarctl.run.config import NULL
+
+    hint = _hints().get(key)
+    if hint is None or (key in TEXT_TOO and isinstance(value, str)):
+        return value
+    if value == NONE_TEXT and _optional(hint):
+        return NULL
+    if _fits(value, hint):
+        return value
+    wanted = TEXT_TOO.get(key, _describe(hint))
+    raise UsageError(f"{path}: {key} = {_toml_text(value)} is not {wanted}; write it as {key} = "
+                     f"{_example(hint)}" + (f' (or "{NONE_TEXT}")' if _optional(hint) else ""))
+
+
+def _hints() -> dict[str, Any]:
+    import typing
+
+    from cifarctl.run.config import TrainConfig
+
+    return typing.get_type_hints(TrainConfig)
+
+
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    import types
+    import typing
+
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _optional(hint: Any) -> bool:
+    return type(None) in _alternatives(hint)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    import typing
+
+    for kind in _alternatives(hint):
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if kind is Any or (kind is bool and isinstance(value, bool)) or (kind is str and isinstance(value, str)):
+            return True
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if (origin or kind) is dict and isinstance(value, dict):
+            return True
+        if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(args) and \
+                all(_fits(v, a) for v, a in zip(value, args)):
+            return True
+    return False
+
+
+def _describe(hint: Any) -> str:
+    import typing
+
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text in quotes",
+             dict: "a table"}
+    parts = []
+    for kind in _alternatives(hint):
+        if kind is type(None):
+            continue
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        parts.append(f"a list of {len(args)} numbers" if origin is tuple else names.get(origin or kind, str(kind)))
+    return " or ".join(parts)
+
+
+def _example(hint: Any) -> str:
+    import typing
+
+    kind = next(k for k in _alternatives(hint) if k is not type(None))
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    examples = {bool: "true", int: "3", float: "0.1", str: '"text"', dict: "{ ... }"}
+    return "[" + ", ".join("1" for _ in args) + "]" if origin is tuple else examples.get(origin or kind, "...")
+
+
+def _toml_text(value: Any) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
 def merge(from_file: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +178,8 @@ def run_settings(config: dict[str, Any]) -> dict[str, Any]:
     from cifarctl.run.config import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in config.items() if k in known and k not in DERIVED_KEYS and v is not None}
+    values = {k: v for k, v in config.items() if k in known and k not in DERIVED_KEYS
+              and (v is not None or k not in RUN_KEYS)}  # a recipe's None is kept (written "none")
     if values.get("time_budget") is not None:
         values = {k: v for k, v in values.items() if k not in ("epochs", "max_steps")}
     return values
@@ -101,10 +191,11 @@ def recipe_settings(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_toml(values: dict[str, Any], comment: str = "") -> str:
-    """``values`` as a TOML document (tuples as arrays; tables last), after ``comment``'s lines."""
+    """``values`` as a TOML document (tuples as arrays; tables last; None as ``"none"``), after ``comment``'s
+    lines."""
     import tomli_w
 
-    plain = {k: _plain(v) for k, v in values.items() if v is not None}
+    plain = {k: NONE_TEXT if v is None else _plain(v) for k, v in values.items()}
     tables = {k: v for k, v in plain.items() if isinstance(v, dict) and v}  # an empty table says nothing
     scalars = {k: v for k, v in plain.items() if not isinstance(v, dict)}
     lead = "".join(f"# {line}\n" if line else "#\n" for line in comment.splitlines())
