@@ -82,7 +82,10 @@ def test_tune_never_opens_the_test_images_and_writes_its_folder(train_only: Path
         assert (study / name).is_file(), name
     best = max((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: float(r["val_accuracy"]))
     assert f"{float(best['val_accuracy']):.2f}%" in result.output
-    for row in rows:  # every trial an ordinary run, judged on the 50 held-out images
+    for row in rows:  # every trial that trained an ordinary run, judged on the 50 held-out images
+        if not row["run_dir"]:  # a start still queued when the search ended
+            assert row["state"] == "PRUNED" and row["note"] == "the search had ended", row
+            continue
         config = json.loads((Path(row["run_dir"]) / "config.json").read_text())
         assert config["time_budget"] == 4.0 and config["val_split"] == 0
     record = json.loads((study / "study.json").read_text())
@@ -120,25 +123,96 @@ def test_best_toml_trains_the_best_trials_recipe(cached, net: str, tmp_path: Pat
     assert default["lr"] == pytest.approx(min(0.2, session.spec.bounds["sgd"]))
 
 
-def test_a_pruned_trial_stops_at_its_epoch_end(cached, net: str, tmp_path: Path) -> None:
+FLAKY = NET.replace("    def forward(self, x):\n", """    def forward(self, x):
+        from pathlib import Path
+
+        if self.training and Path(__file__).with_name("fail").exists():  # made once the study has started
+            raise RuntimeError(f"out of memory at batch {x.shape[0]}")
+""")
+
+
+def _config(run_dir: Path) -> dict:
+    return json.loads((run_dir / "config.json").read_text())
+
+
+def test_rungs_compare_like_with_like_and_promoted_configurations_retrain_whole(cached, net: str,
+                                                                                tmp_path: Path) -> None:
+    data = validation_view(cached, 50, 0)
+    spec = TuneSpec(net, None, trial_budget=7.5, time_budget=1e6, val_split=50, min_rung=2.5,
+                    base={"device": "cpu", "amp": False})
+    session = sessions.start(tmp_path / "study", spec, data, __import__("torch").device("cpu"))
+    run_search(session.study, session.spec, session.folder, data, threading.Event(), trials=6)
+    trials = session.study.get_trials()
+    # The first trials: the default, then the built-in nets' recipes carried over (SGD as the paper's, Muon twice).
+    assert trials[0].user_attrs.get("default") and all(t.user_attrs.get("start") for t in trials[1:4])
+    assert [t.params["optimizer"] for t in trials[1:4]] == ["sgd", "muon", "muon"]
+    assert trials[1].params["batch_size"] == 1024 and trials[1].params["translate"] == 2
+    rung0 = []
+    for trial in trials[:6]:
+        rungs = trial.user_attrs["rungs"]
+        assert rungs[0]["budget"] == pytest.approx(2.5)
+        assert trial.system_attrs["completed_rung_0"] == rungs[0]["value"] if len(rungs) > 1 or \
+            trial.state == optuna.trial.TrialState.PRUNED else True
+        first = _config(session.folder / "trials" / f"{trial.number:04d}" / "rung-0")
+        assert first["time_budget"] == pytest.approx(2.5) and first["schedule_steps"]  # fitted to its rung
+        rung0.append(rungs[0]["value"])
+        # Compared with every configuration that ran its first rung before it (whatever became of them since).
+        bar = sorted(rung0)[-max(len(rung0) // 3, 1)]
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            assert not trial.user_attrs.get("default") and len(rungs) == 1 and rungs[0]["value"] < bar
+        else:
+            assert trial.state == optuna.trial.TrialState.COMPLETE and len(rungs) == 2
+            assert trial.user_attrs.get("default") or rungs[0]["value"] >= bar
+            second = _config(session.folder / "trials" / f"{trial.number:04d}" / "rung-1")
+            assert second["time_budget"] == pytest.approx(7.5)  # a new run, its schedule fitted to the longer budget
+            assert second["schedule_steps"] > first["schedule_steps"]
+            assert trial.value == rungs[1]["value"]
+    assert trials[0].state == optuna.trial.TrialState.COMPLETE  # the default always runs whole
+    sessions.write_files(session)
+    rows = _trials(session.folder)
+    assert all(r["rungs"].startswith("2s ") for r in rows[:6])  # 2.5 s shown as 2s, then > 8s for the promoted
+    assert all(" > 8s " in r["rungs"] for r in rows if r["state"] == "COMPLETE")
+
+
+def test_a_failing_trial_is_recorded_with_its_cause_and_the_search_goes_on(cached, tmp_path: Path) -> None:
+    from cifarctl.errors import CifarctlError
+    from cifarctl.tune.search import MAX_FAILURES
+
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    data = validation_view(cached, 50, 0)
+    spec = TuneSpec(f"{tmp_path / 'flaky.py'}:Net", None, trial_budget=3.0, time_budget=1e6, val_split=50,
+                    base={"device": "cpu", "amp": False})
+    session = sessions.start(tmp_path / "study", spec, data, __import__("torch").device("cpu"))
+    (tmp_path / "fail").touch()  # from here on every trial's model raises
+    with pytest.raises(CifarctlError, match=f"the last {MAX_FAILURES} trials failed"):
+        run_search(session.study, session.spec, session.folder, data, threading.Event(), trials=MAX_FAILURES + 3)
+    trials = session.study.get_trials()
+    assert len(trials) >= MAX_FAILURES  # each failure was told, and the next trial ran, until the run of them
+    for trial in trials[:MAX_FAILURES]:
+        assert trial.state == optuna.trial.TrialState.FAIL
+        assert trial.user_attrs["error"].startswith("RuntimeError: out of memory at batch ")
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    sessions.write_files(session)
+    assert _trials(session.folder)[1]["error"].startswith("RuntimeError: out of memory")
+
+
+def test_the_default_stopped_is_trained_again_when_the_study_goes_on(cached, net: str, tmp_path: Path) -> None:
     data = validation_view(cached, 50, 0)
     spec = TuneSpec(net, None, trial_budget=3.0, time_budget=1e6, val_split=50, base={"device": "cpu", "amp": False})
     session = sessions.start(tmp_path / "study", spec, data, __import__("torch").device("cpu"))
-    session.study.pruner = optuna.pruners.ThresholdPruner(lower=101.0)  # every report is below it
-    run_search(session.study, session.spec, session.folder, data, threading.Event(), trials=2)
-    trials = session.study.get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
-    assert all(list(t.intermediate_values) == [1] for t in trials)  # stopped at the first epoch's end
-    records = [json.loads(line) for line in (Path(trials[0].user_attrs["run_dir"]) / "metrics.jsonl").read_text()
-               .splitlines()]
-    assert max(r["epoch"] for r in records if r["type"] == "epoch") == 1
-    sessions.write_files(session)
-    assert [r["state"] for r in _trials(session.folder)] == ["PRUNED", "PRUNED"]
+    stopped = session.study.ask()  # trial 0, the default, stopped (Ctrl-C marks it failed)
+    assert stopped.user_attrs.get("default")
+    session.study.tell(stopped, state=optuna.trial.TrialState.FAIL)
+    resumed = sessions.join(session.folder)
+    run_search(resumed.study, resumed.spec, resumed.folder, data, threading.Event(), trials=4)
+    defaults = [t for t in resumed.study.get_trials() if t.user_attrs.get("default")]
+    assert [t.state for t in defaults] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert defaults[1].params == defaults[0].system_attrs["fixed_params"]  # the same recipe, trained whole
 
 
 def test_resume_after_sigkill_goes_on(cached, home: Path, net: str, tmp_path: Path) -> None:
     study = tmp_path / "study"
-    command = [sys.executable, "-m", "cifarctl", "tune", net, "--time-budget", "20s", "--trial-budget", "4s", "--out",
+    command = [sys.executable, "-m", "cifarctl", "tune", net, "--time-budget", "32s", "--trial-budget", "4s", "--out",
                str(study), *FAST]
     process = subprocess.Popen(command, env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -156,7 +230,7 @@ def test_resume_after_sigkill_goes_on(cached, home: Path, net: str, tmp_path: Pa
     assert after[0].state == optuna.trial.TrialState.FAIL  # the killed one
     assert any(t.state == optuna.trial.TrialState.COMPLETE for t in after[1:])
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in after)
-    assert spent_seconds(sessions.join(study).study, sessions.join(study).spec) <= 20 + 4.4
+    assert spent_seconds(sessions.join(study).study, sessions.join(study).spec) <= 32 + 4.4
 
 
 def test_two_processes_share_one_journal(cached, home: Path, net: str, tmp_path: Path) -> None:
@@ -203,10 +277,11 @@ def test_confirm_alone_reads_the_test_set_and_runs_lists_the_study(cached, net: 
                                  "--out", str(study), *FAST])
     assert result.exit_code == 0, result.output
     assert "test set: default" in result.output and "best - default" in result.output
-    for label in ("default", "best"):
+    best = sessions.join(study).best_trial().number
+    for label in ("default-2-seeds", f"best-trial-{best}-2-seeds"):  # on seeds that no trial trained with
         summary = json.loads((study / "confirm" / label / "summary.json").read_text())
         assert len(summary["runs"]) == 2 and all(r["test_accuracy"] is not None for r in summary["runs"])
-        assert json.loads((study / "confirm" / label / "seed-0" / "config.json").read_text())["val_split"] == 0
+        assert json.loads((study / "confirm" / label / "seed-1000" / "config.json").read_text())["val_split"] == 0
     listed = runner.invoke(app, ["runs", "--json"])
     studies = [r for r in json.loads(listed.stdout) if r.get("kind") == "study"]
     assert [Path(s["path"]) for s in studies] == [study] and studies[0]["trials"]

@@ -1,4 +1,4 @@
-"""Optional plots (``pip install 'cifarctl[plot]'``): learning curves and the confusion matrix."""
+"""Optional plots (``pip install 'cifarctl[plot]'``): learning curves, the confusion matrix, a study's trials."""
 
 from __future__ import annotations
 
@@ -79,22 +79,43 @@ def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], path: P
         plt.close(fig)
 
 
-def plot_trials(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """A study's trials: held-out accuracy by trial and by peak lr; complete ones as dots, pruned ones as
-    crosses at their last report (``cifarctl tune``'s trials.png)."""
+def plot_trials(rows: list[dict[str, Any]], path: Path, title: str = "",
+                anytime: list[dict[str, Any]] = ()) -> Path:
+    """A study's trials: held-out accuracy by trial and by peak lr (complete ones as dots, pruned ones as
+    crosses at their last rung), and the best so far by the study's minutes (``cifarctl tune``'s trials.png)."""
     plt = _pyplot()
-    fig, (by_trial, by_lr) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (by_trial, by_lr, by_time) = plt.subplots(1, 3, figsize=(15, 4))
     try:
         for state, marker, colour in (("COMPLETE", "o", "tab:blue"), ("PRUNED", "x", "tab:grey")):
             chosen = [r for r in rows if r["state"] == state and r.get("val_accuracy") is not None]
             by_trial.scatter([r["number"] for r in chosen], [r["val_accuracy"] for r in chosen], marker=marker,
                              color=colour, label=state.lower())
             by_lr.scatter([r["lr"] for r in chosen], [r["val_accuracy"] for r in chosen], marker=marker, color=colour)
+        if anytime:
+            by_time.step([p["seconds"] / 60 for p in anytime], [p["best"] for p in anytime], where="post")
+            by_time.scatter([p["seconds"] / 60 for p in anytime], [p["value"] for p in anytime], s=8, color="tab:grey")
         by_trial.set(xlabel="trial", ylabel="held-out accuracy (%)", title=title or "trials")
         by_lr.set(xscale="log", xlabel="peak lr", title="by learning rate")
-        for ax in (by_trial, by_lr):
+        by_time.set(xlabel="study time (min)", title="best so far")
+        for ax in (by_trial, by_lr, by_time):
             ax.grid(alpha=0.3)
         by_trial.legend()
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_importances(importances: dict[str, float], edges: list[str], path: Path, title: str = "") -> Path:
+    """Each searched setting's importance as a bar, the best's settings at an edge of their range in orange
+    (``cifarctl tune``'s importance.png)."""
+    plt = _pyplot()
+    names = sorted(importances, key=importances.get)
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2))
+    try:
+        ax.barh(names, [importances[n] for n in names],
+                color=["tab:orange" if n in edges else "tab:blue" for n in names])
+        ax.set(xlabel="importance (PED-ANOVA)", title=title or "what mattered (orange: the best at an edge)")
+        ax.grid(alpha=0.3, axis="x")
         return _save(fig, path)
     finally:
         plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -26,9 +27,10 @@ def tune(
     trial_budget: Annotated[Optional[str], typer.Option("--trial-budget", help="Each trial's time budget, start-up to result (default 2m): train --time-budget's.")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="The recipe trials start from (default: MODEL's; `cifarctl models`).")] = None,
     config: ConfigFile = None,
-    val_split: Annotated[int, typer.Option("--val-split", min=1, help="Training images held out to judge every trial on (stratified); the test set is never read.")] = 5000,
-    seed: Annotated[int, typer.Option("--seed", help="Draws the held-out images and seeds every trial.")] = 0,
+    val_split: Annotated[Optional[int], typer.Option("--val-split", min=1, help="Training images held out to judge every trial on (stratified; default 5000); the test set is never read.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Draws the held-out images, seeds every trial and the search (default 0): the same command suggests the same trials.")] = None,
     out: OutDir = None,
+    warm_start: Annotated[Optional[Path], typer.Option("--warm-start", help="Start from an earlier study's best three configurations (its folder), after the default and the built-in nets' recipes.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Go on with the study in this folder (after Ctrl-C, a kill, or to add time with --time-budget).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Trials at once on this machine, in processes that share the study (its journal file) and divide the cores.")] = 1,
     storage: Annotated[Optional[str], typer.Option("--storage", help="Keep the study in a database (postgresql://user:pass@host/db) so that cifarctl tune processes on any machines share it.")] = None,
@@ -37,7 +39,7 @@ def tune(
     trial: Annotated[Optional[int], typer.Option("--trial", help="With --resume: write trial N's recipe as a config file (to --out, default STUDY/trial-N.toml) and stop.")] = None,
     device: Device = "auto",
     model_kwargs: ModelKwargs = None,
-    data: Annotated[str, typer.Option("--data", help="cifar10 (the cached dataset) or fake (random images, for a dry run).")] = "cifar10",
+    data: Annotated[Optional[str], typer.Option("--data", help="cifar10 (the cached dataset, the default) or fake (random images, for a dry run).")] = None,
     offline: Offline = False,
     verify: Verify = False,
     json_output: Json = False,
@@ -48,8 +50,9 @@ def tune(
     First a short lr range test for each optimizer bounds the lr; then trials, each an ordinary `train`
     with --trial-budget as its time budget, on the training images less --val-split held out, judged on
     those (the test set is never read). Optuna's TPE chooses each trial's optimizer (SGD, Adam, Muon), lr,
-    batch size, weight decay, label smoothing, momentum, warm-up, the classifier's lr, lookahead, flip
-    and TTA level, and stops trials that fall behind at an epoch's end. The study folder holds Optuna's
+    batch size, weight decay, label smoothing, momentum, warm-up, the classifier's lr, lookahead, flip,
+    crop and TTA level; each configuration runs whole at a ninth and a third of the trial budget first,
+    and only the best third of each rung goes on (successive halving). The study folder holds Optuna's
     journal, trials.csv, trials.png, every trial's run folder, and best.toml: the best recipe, for
     `cifarctl train MODEL --config STUDY/best.toml`. --confirm N checks it against the default on the test set.
 
@@ -74,7 +77,8 @@ def tune(
     command = TuneCommand(json_output, worker)
     session = command.open(model, resume, out, storage, study, dict(
         time_budget=time_budget, trial_budget=trial_budget, recipe=recipe, config=config, val_split=val_split,
-        seed=seed, device=device, model_kwargs=model_kwargs, data=data, offline=offline, verify=verify), clock)
+        seed=seed, device=device, model_kwargs=model_kwargs, data=data, offline=offline, verify=verify,
+        warm_start=warm_start), clock)
     if trial is not None:
         from cifarctl.tune.session import write_trial_recipe
 
@@ -131,34 +135,75 @@ class TuneCommand:
             if event.kind == "end":
                 write_files(session)
 
+        ended = False
         try:
             with stop_on_signals(stop, received), view:
                 run_search(session.study, session.spec, session.folder, self.data, stop, on_event)
+            ended = True
         except TrainingInterrupted:
             pass
         finally:
-            for worker in workers:
-                if received:
-                    worker.terminate()
-                worker.wait()
-        files = write_files(session)
+            self.end_workers(session.folder, workers, wait=ended and not received)
+        if received == [signal.SIGINT] and not self.worker:  # Ctrl-C, not a kill: the best is still re-checked
+            received = self.recheck_after_stop(session, view, on_event)
+        files = write_files(session, final=not received)
         if received:
             self.say(f"stopped: the study is in {session.folder}; go on with: cifarctl tune --resume {session.folder}")
             raise typer.Exit(128 + received[0])
         if not self.worker:
             self.report(session, files)
 
+    def recheck_after_stop(self, session: Any, view: Any, on_event: Any) -> list[int]:
+        """After Ctrl-C ended the search: the re-check of the best, in the study's time left (a second Ctrl-C
+        stops that too); the signals received meanwhile."""
+        from cifarctl.cli.process import stop_on_signals
+        from cifarctl.training import TrainingInterrupted
+        from cifarctl.tune.search import run_recheck
+
+        stop, received = threading.Event(), []
+        self.say("the search is stopped: now the re-check of its best, in the time left (Ctrl-C again stops it)")
+        try:
+            with stop_on_signals(stop, received), view:
+                run_recheck(session.study, session.spec, session.folder, self.data, stop, on_event)
+        except TrainingInterrupted:
+            pass
+        return received
+
     def start_workers(self, session: Any, jobs: int) -> list[subprocess.Popen]:
         """``jobs - 1`` more processes on this study (``cifarctl tune --resume FOLDER --worker``)."""
         from cifarctl.groups.jobs import threads_per_job
 
-        env = {**os.environ, WORKER_THREADS: str(threads_per_job(jobs))}
+        from cifarctl.groups.jobs import stop_with_parent
+        from cifarctl.tune.study import WORKER
+
         command = [sys.executable, "-m", "cifarctl", "tune", "--resume", str(session.folder), "--worker",
                    "--device", self.device_name, "--data", session.spec.data]
         if self.offline:
             command.append("--offline")
-        return [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=False) for _ in range(jobs - 1)]
+        logs = session.folder / "workers"
+        logs.mkdir(exist_ok=True)
+        workers = []
+        for number in range(1, jobs):
+            env = {**os.environ, WORKER_THREADS: str(threads_per_job(jobs)), WORKER: str(number)}
+            with (logs / f"worker-{number}.log").open("w") as log:  # what a worker says, for when it fails
+                workers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                                                preexec_fn=stop_with_parent if os.name == "posix" else None))
+        return workers
+
+    def end_workers(self, folder: Path, workers: list[subprocess.Popen], wait: bool) -> None:
+        """Wait for the workers to end their trials (``wait``; else stop them: this process stopped or
+        failed), and say in a line each why any failed."""
+        for worker in workers:
+            if not wait:
+                worker.terminate()
+        for number, worker in enumerate(workers, start=1):
+            code = worker.wait()
+            if wait and code != 0:
+                log = folder / "workers" / f"worker-{number}.log"
+                lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] \
+                    if log.is_file() else []
+                self.say(f"worker {number} failed (exit code {code}): {lines[-1] if lines else 'it said nothing'}"
+                         f" (all of it: {log})")
 
     def report(self, session: Any, files: dict[str, Path]) -> None:
         from cifarctl.cli.tune_view import report

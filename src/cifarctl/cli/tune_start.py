@@ -49,6 +49,7 @@ def _start(command: Any, model: str | None, out: Path | None, storage: str | Non
     from cifarctl.device import resolve_device
     from cifarctl.models import model_card
     from cifarctl.models.spec import canonical_spec, check_spec
+    from cifarctl.run.config import NULL
     from cifarctl.run.config_file import train_keys
     from cifarctl.training.plan import format_duration, parse_duration
     from cifarctl.tune.session import default_folder, start
@@ -67,14 +68,16 @@ def _start(command: Any, model: str | None, out: Path | None, storage: str | Non
                          "no trial would fit; give a longer --time-budget or a shorter --trial-budget")
     check_spec(model)  # an unknown model fails here, with close matches, before anything is written
     model_card(model)
-    base = {k: v for k, v in from_file.items() if k not in NOT_FIXED}
+    base = {k: None if v is NULL else v for k, v in from_file.items() if k not in NOT_FIXED}  # None: unset
     if options["model_kwargs"]:
         base["model_options"] = {**base.get("model_options", {}), **parse_kwargs(options["model_kwargs"])}
     if options["device"] != "auto":
         base["device"] = options["device"]
-    device = resolve_device(options["device"])
+    device = resolve_device(base.get("device") or options["device"])  # the range tests' too
+    study_own = {key: options[key] if options[key] is not None else from_file.get(key, default)
+                 for key, default in (("val_split", 5000), ("seed", 0), ("data", "cifar10"))}
     spec = TuneSpec(canonical_spec(model), options["recipe"] or from_file.get("recipe"), trial, total,
-                    options["val_split"], options["seed"], base, data=options["data"])
+                    study_own["val_split"], study_own["seed"], base, data=study_own["data"])
     folder = Path(out).expanduser() if out is not None else default_folder(spec.model)
     if storage is not None and "://" in storage:  # a database that cannot be reached fails before anything
         from cifarctl.tune.study import open_storage
@@ -83,7 +86,8 @@ def _start(command: Any, model: str | None, out: Path | None, storage: str | Non
     command.data = _view(spec, options)
     command.say(f"tuning {model} for {format_duration(total)} in trials of {format_duration(trial)}, judged on "
                 f"{spec.val_split:,} held-out training images; study folder: {folder}")
-    return start(folder, spec, command.data, device, storage, name, notify=command.say)
+    warm = Path(options["warm_start"]).expanduser() if options.get("warm_start") else None
+    return start(folder, spec, command.data, device, storage, name, notify=command.say, warm_start=warm)
 
 
 def _wait_for_study(folder: Path, timeout_s: float = 1800.0) -> Path:

@@ -41,7 +41,7 @@ class TrialsView:
 
     def update(self, event: Any) -> None:
         if event.kind == "epoch":
-            self.running[event.number] = f"epoch {event.epoch:g}: {event.value:.2f}%"
+            self.running[event.number] = f"{event.note}, epoch {event.epoch:g}: {event.value:.2f}%"
         elif event.kind == "start":
             self.running[event.number] = "starting"
         else:
@@ -64,13 +64,15 @@ class TrialsView:
         best = session.best_trial()
         left = max(session.spec.time_budget - spent_seconds(session.study, session.spec), 0.0)
         table = Table(title=f"study {session.name}", title_justify="left")
-        for column in ("trial", "state", "held-out acc", "optimizer", "lr", "batch", "wd", "smoothing", "tta", "ema"):
-            table.add_column(column, justify="right" if column not in ("state", "optimizer") else "left")
+        from cifarctl.tune.files import rungs_text
+
+        for column in ("trial", "state", "held-out acc", "rungs", "optimizer", "lr", "batch", "wd", "smoothing", "tta", "ema"):
+            table.add_column(column, justify="right" if column not in ("state", "rungs", "optimizer") else "left")
         for trial in trials[-SHOWN:]:
             s = trial.user_attrs.get("settings", {})
             state = self.running.get(trial.number, trial.state.name.lower())
             value = f"{trial.value:.2f}%" if trial.value is not None else "-"
-            table.add_row(str(trial.number), state, value, str(s.get("optimizer", "")), _g(s.get("lr")),
+            table.add_row(str(trial.number), state, value, rungs_text(trial), str(s.get("optimizer", "")), _g(s.get("lr")),
                           str(s.get("batch_size", "")), _g(s.get("weight_decay")), _g(s.get("label_smoothing")),
                           str(s.get("tta", "")), "yes" if s.get("ema") else "")
         head = (f"best so far: trial {best.number}, {best.value:.2f}% held out" if best is not None
@@ -91,28 +93,41 @@ def describe(settings: dict[str, Any]) -> str:
 
 
 def report(session: Any, files: dict[str, Path], json_output: bool) -> None:
-    """The search's result: the best trial, where its recipe is, and how to train with it."""
+    """The search's result: the best configuration (its single value and its re-check), what mattered, where
+    its recipe is, and how to train with it."""
     import shlex
 
-    optuna_states: dict[str, int] = {}
+    from cifarctl.tune.files import recheck_text
+    from cifarctl.tune.session import summary
+
+    states: dict[str, int] = {}
     trials = session.study.get_trials(deepcopy=False)
     for trial in trials:
-        optuna_states[trial.state.name.lower()] = optuna_states.get(trial.state.name.lower(), 0) + 1
-    best = session.best_trial()
+        states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+    found = summary(session)
     if json_output:
-        print_json({"study": session.name, "folder": str(session.folder), "trials": optuna_states,
-                    "best": None if best is None else {"number": best.number, "val_accuracy": best.value,
-                                                       "settings": best.user_attrs.get("settings")},
+        print_json({"study": session.name, "folder": str(session.folder), "trials": states, **found,
                     "files": {k: str(v) for k, v in files.items()}})
         return
     console = out_console()
-    counts = ", ".join(f"{n} {state}" for state, n in optuna_states.items())
+    counts = ", ".join(f"{n} {state}" for state, n in states.items())
     console.print(f"study {session.name}: {len(trials)} trials ({counts}) in {session.folder}")
+    best, checked = session.best_trial(), session.recheck()
     if best is None:
         console.print("no trial finished: give the search more time (--resume STUDY --time-budget LONGER)")
         return
     console.print(f"best: trial {best.number}, [bold green]{best.value:.2f}%[/] on {session.spec.val_split:,} held-out "
                   f"training images ({describe(best.user_attrs.get('settings', {}))})")
+    if checked is not None:
+        console.print(f"re-checked with new seeds: [bold]{recheck_text(checked)}[/]")
+    else:
+        console.print("not re-checked (no time was left for it): its value is one run's, likely the luckiest")
+    if found["importances"]:
+        top = sorted(found["importances"].items(), key=lambda kv: -kv[1])[:4]
+        console.print("what mattered most: " + ", ".join(f"{name} {share:.2f}" for name, share in top))
+    for edge in found["edges"]:
+        console.print(f"{edge['setting']} = {_g(edge['value'])} is at the {edge['end']} end of its range "
+                      f"({_g(edge['low'])} to {_g(edge['high'])}): the best may lie beyond it")
     console.print(f"recipe: {files['best']}; trials: {files['csv']}" + (f"; plot: {files['plot']}" if 'plot' in files else ""))
     console.print(f"train with it: cifarctl train {shlex.quote(session.spec.model)} --config {files['best']} "
                   f"--time-budget {session.spec.trial_budget:g}s --seeds 3")
@@ -121,7 +136,7 @@ def report(session: Any, files: dict[str, Path], json_output: bool) -> None:
 def report_confirm(session: Any, seeds: int, offline: bool, verify: bool, json_output: bool) -> None:
     """--confirm N: the best recipe and the default, N seeds each on all the training images, on the test set."""
     from cifarctl.cli.data import load_data
-    from cifarctl.tune.session import confirm
+    from cifarctl.tune.session import confirm, confirm_seeds
 
     console = err_console()
     console.print(f"confirming: the best recipe and the default, {seeds} seeds each in "
@@ -137,8 +152,7 @@ def report_confirm(session: Any, seeds: int, offline: bool, verify: bool, json_o
     stop, received = threading.Event(), []
     try:
         with stop_on_signals(stop, received):
-            default, best, result = confirm(session, list(range(session.spec.seed, session.spec.seed + seeds)), data,
-                                            stop=stop)
+            default, best, result = confirm(session, confirm_seeds(session.spec, seeds), data, stop=stop)
     except TrainingInterrupted:
         console.print(f"stopped: finish with cifarctl tune --resume {session.folder} --confirm {seeds}")
         raise typer.Exit(128 + received[0] if received else 1) from None

@@ -42,6 +42,7 @@ class CIFAR10:
     classes: tuple[str, ...] = CLASSES
     source: str = ""
     converted: dict[str, int] = field(default_factory=dict)  # images converted to 8-bit RGB on import, by mode
+    held_out: bool = False  # the "test" split is training images held out (a tune trial's): no test-set number applies
 
     def split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images, labels)`` of the train or the test split."""

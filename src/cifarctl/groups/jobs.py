@@ -126,7 +126,7 @@ def _job(job: int, group_dir: str, record: dict[str, Any], todo: Any, events: An
     """One job's process: its share of the cores, seeds from the queue until there are none (or a stop)."""
     import torch
 
-    _stop_with_parent()
+    stop_with_parent()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -148,7 +148,7 @@ def _job(job: int, group_dir: str, record: dict[str, Any], todo: Any, events: An
         events.put(("exit", job))
 
 
-def _stop_with_parent() -> None:
+def stop_with_parent() -> None:
     """Ask Linux to send this process SIGTERM when its parent dies (it then saves its seed and stops)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

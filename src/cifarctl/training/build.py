@@ -217,7 +217,8 @@ def build_run(cfg: TrainConfig, data: CIFAR10, device: torch.device, dist: DistI
         init_from_data(built.model, cfg, loaders.train_images, device)
     budget = None  # a time budget not yet fitted: the run measures its first steps (on the recipe's length meanwhile)
     if cfg.time_budget is not None and cfg.schedule_steps is None and fresh:
-        known = frontier_candidate(cfg.model, cfg.recipe)
+        # the frontier's accuracies are test-set runs': never a choice in a run judged on held-out images
+        known = frontier_candidate(cfg.model, cfg.recipe) if not data.held_out else None
         budget = TimeBudget(cfg.time_budget, time.monotonic() if clock is None else clock, device,
                             distributed=dist.enabled, accuracy=known.accuracy if known else None,
                             phases=run_phases(cfg.model, cfg.recipe, cfg.choice))

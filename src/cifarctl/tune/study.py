@@ -43,6 +43,10 @@ class TuneSpec:
     bounds: dict[str, float] = field(default_factory=dict)  # the lr range tests' bounds, by optimizer
     range_seconds: float = 0.0       # what the range tests took (counted in the time budget)
     norm_free: bool = False          # the model has no normalisation layer (found by the range tests)
+    rungs: int = 3                   # successive halving's rungs: budgets of a ninth, a third, all of a trial's
+    min_rung: float = 20.0           # seconds: no rung shorter (start-up and the measured steps need their share)
+    recheck: int | None = None       # best configurations re-checked at the end (None: as the budget holds; 0: none)
+    recheck_seeds: int = 2           # new seeds each re-checked configuration is trained with
     data: str = "cifar10"
     created: str = ""
 
@@ -100,9 +104,20 @@ def _hide_password(url: str) -> str:
     return url
 
 
+REDUCTION = 3  # successive halving's factor: the best third of a rung's configurations go on to the next
+
+
+def rung_budgets(spec: TuneSpec) -> list[float]:
+    """Each rung's time budget, shortest first, the last the trial budget: ``[40, 120]`` for 2-minute trials
+    (a ninth, 13 s, is under ``min_rung``)."""
+    budgets = [spec.trial_budget]
+    while len(budgets) < spec.rungs and budgets[0] / REDUCTION >= spec.min_rung:
+        budgets.insert(0, budgets[0] / REDUCTION)
+    return budgets
+
+
 def create_study(storage: Any, name: str, spec: TuneSpec) -> Any:
-    """A new study called ``name`` with ``spec``: TPE (seeded), and a pruner that stops the trials whose
-    held-out accuracy at an epoch's end is in the lowest quarter of the earlier trials' at that epoch."""
+    """A new study called ``name`` with ``spec``: TPE (seeded), and successive halving over the rungs."""
     optuna = require_optuna()
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
                                 sampler=sampler(spec), pruner=pruner())
@@ -128,22 +143,32 @@ def load_study(storage: Any, name: str) -> tuple[Any, TuneSpec]:
     return study, spec
 
 
+WORKER = "CIFARCTL_TUNE_WORKER"  # a --jobs worker's number (1, 2, ...), set by the process that starts it
+
+
 def sampler(spec: TuneSpec) -> Any:
-    """TPE, seeded per process (two workers of one study must not suggest the same settings)."""
+    """TPE, seeded by the study's ``--seed`` and the process's worker number (0 for the one that started the
+    search), so that the same command suggests the same settings again, and two workers of one study different
+    ones."""
     import warnings
 
     optuna = require_optuna()
     with warnings.catch_warnings():  # multivariate TPE is "experimental" to Optuna since 2.2, and its best
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=spec.seed * 1_000_003 + os.getpid(), n_startup_trials=6,
+        seed = spec.seed * 1_000_003 + int(os.environ.get(WORKER, "0"))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6,
                                           multivariate=True, group=True)
 
 
 def pruner() -> Any:
-    """From the third epoch, after five trials: earlier, a trial's rank says little of where it ends (on the
-    first study of docs/accuracy.md, a trial 1.5 points ahead of the best one at epoch 2 ended 1.6 points behind it)."""
+    """Asynchronous successive halving: a configuration's whole run at rung ``r`` (a schedule fitted to that
+    rung's budget, reported at step ``REDUCTION ** r``) goes on to the next rung if it is in the best third of
+    every configuration that ran at rung ``r``, whatever became of them since (Optuna keeps each one's rung
+    value apart from its state). No trial is judged on the first epochs of a longer schedule: on the first
+    study of docs/accuracy.md, a trial 1.5 points ahead of the best one at epoch 2 ended 1.6 points behind it."""
     optuna = require_optuna()
-    return optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=2)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION,
+                                                  min_early_stopping_rate=0, bootstrap_count=0)
 
 
 def fail_abandoned(study: Any) -> list[int]:
@@ -174,16 +199,16 @@ def _alive(pid: int) -> bool:
 
 
 def spent_seconds(study: Any, spec: TuneSpec, now: datetime | None = None) -> float:
-    """The study's time so far: the union of its trials' intervals (each at most a trial's budget and a
-    tenth), running ones up to now, plus the range tests'."""
+    """The study's time up to ``now`` (default: now): the union of its trials' intervals (each at most its rungs'
+    budgets and a tenth), running ones up to now, plus the range tests'."""
     now = now or datetime.now()
-    cap = spec.trial_budget * 1.1
+    cap = sum(rung_budgets(spec)) * 1.1
     intervals = []
     for trial in study.get_trials(deepcopy=False):
-        if trial.datetime_start is None:
+        if trial.datetime_start is None or _naive(trial.datetime_start) >= _naive(now):
             continue
         start = _naive(trial.datetime_start)
-        end = _naive(trial.datetime_complete) if trial.datetime_complete is not None else now
+        end = min(_naive(trial.datetime_complete), _naive(now)) if trial.datetime_complete is not None else _naive(now)
         intervals.append((start, min((end - start).total_seconds(), cap)))
     total, reach = 0.0, None
     for start, length in sorted(intervals):
