@@ -24,7 +24,7 @@ def evaluate(
     config: ConfigFile = None,
     model_kwargs: ModelKwargs = None,
     num_classes: NumClasses = None,
-    device: Device = "auto",
+    device: Device = None,
     batch_size: BatchSize = None,
     data: DataChoice = None,
     offline: Offline = False,
@@ -58,7 +58,7 @@ def evaluate(
 
     if config is not None:
         model, ckpt, found = from_config_file(config, model, ckpt)
-        device = device if device != "auto" else found.get("device", "auto")
+        device = device or found.get("device")  # --device auto too overrides the file's
         tta = tta if tta is not None else found.get("tta")
         tta_fraction = tta_fraction if tta_fraction is not None else found.get("tta_fraction")
         batch_size, data = batch_size or found.get("eval_batch_size"), data or found.get("data")
@@ -71,6 +71,7 @@ def evaluate(
     data = data or "cifar10"
     check_spec(model)  # an unknown name fails here, before any data is loaded
     kwargs = parse_kwargs(model_kwargs)
+    device = device or "auto"
     chosen = resolve_device(device)  # and a device that is not there
     path = checkpoint_path(model, ckpt)
     dataset = load_data(data, offline, quiet=json_output, verify=verify)

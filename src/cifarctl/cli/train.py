@@ -34,7 +34,7 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps in total.", rich_help_panel=P_SCHEDULE)] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="One of MODEL's recipes (`cifarctl models`), or for your own model a built-in's (onecycle, resnet18:onecycle); flags change single settings of it. Default: MODEL's first.", rich_help_panel=P_MODEL)] = None,
     time_budget: Annotated[Optional[str], typer.Option("--time-budget", help="Fit the run to this long, start-up to result (90s, 5m, 1h): measures a step here, then sets the schedule's length.", rich_help_panel=P_SCHEDULE)] = None,
-    device: in_panel(Device, P_SPEED) = "auto",
+    device: in_panel(Device, P_SPEED) = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds the init, data order, augmentation and --val-split.", rich_help_panel=P_SCHEDULE)] = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip evaluation.", rich_help_panel=P_EVALUATION)] = False,
     out: in_panel(OutDir, P_RUN) = None,
@@ -123,7 +123,7 @@ def train(
         tta_fraction=tta_fraction, color_jitter=numbers(color_jitter, 2, "--color-jitter"), eval_every=eval_every,
         val_split=val_split, seed=seed, data=data, amp=amp, eval_amp=eval_amp, tensorboard=tensorboard,
         channels_last=channels_last, keep_memory=keep_memory, compile=compile_model, sync_bn=sync_bn,
-        max_steps=max_steps, save_every=save_every, log_every=log_every, device=device if device != "auto" else None,
+        max_steps=max_steps, save_every=save_every, log_every=log_every, device=device,
         eval=False if no_eval else None, time_budget=parse_duration(time_budget) if time_budget is not None else None,
         model_options=parse_kwargs(model_kwargs), num_classes=num_classes)
     model, recipe, ckpt, settings = with_config_file(config, model, recipe, ckpt, settings)

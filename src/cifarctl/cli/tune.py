@@ -37,7 +37,7 @@ def tune(
     study: Annotated[Optional[str], typer.Option("--study", help="The study's name in --storage (default: the folder's name); with no MODEL, join it.")] = None,
     confirm: Annotated[int, typer.Option("--confirm", min=0, help="Then train the best recipe and the default N seeds each on all the training images, and compare them on the test set.")] = 0,
     trial: Annotated[Optional[int], typer.Option("--trial", help="With --resume: write trial N's recipe as a config file (to --out, default STUDY/trial-N.toml) and stop.")] = None,
-    device: Device = "auto",
+    device: Device = None,
     model_kwargs: ModelKwargs = None,
     data: Annotated[Optional[str], typer.Option("--data", help="cifar10 (the cached dataset, the default) or fake (random images, for a dry run).")] = None,
     offline: Offline = False,

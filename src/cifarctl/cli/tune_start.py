@@ -21,7 +21,7 @@ def open_session(command: Any, model: str | None, resume: Path | None, out: Path
     from cifarctl import distributed as ddp
     from cifarctl.tune.session import join
 
-    command.device_name, command.offline = options["device"], options["offline"]
+    command.device_name, command.offline = options["device"] or "auto", options["offline"]
     if ddp.launched_by_torchrun():
         if out is None and resume is None:
             raise UsageError("under torchrun, give --out STUDY_FOLDER: every rank runs its own trials of that one study")
@@ -71,9 +71,9 @@ def _start(command: Any, model: str | None, out: Path | None, storage: str | Non
     base = {k: None if v is NULL else v for k, v in from_file.items() if k not in NOT_FIXED}  # None: unset
     if options["model_kwargs"]:
         base["model_options"] = {**base.get("model_options", {}), **parse_kwargs(options["model_kwargs"])}
-    if options["device"] != "auto":
+    if options["device"] is not None:  # given (auto too): over the file's
         base["device"] = options["device"]
-    device = resolve_device(base.get("device") or options["device"])  # the range tests' too
+    device = resolve_device(base.get("device") or "auto")  # the range tests' too
     study_own = {key: options[key] if options[key] is not None else from_file.get(key, default)
                  for key, default in (("val_split", 5000), ("seed", 0), ("data", "cifar10"))}
     spec = TuneSpec(canonical_spec(model), options["recipe"] or from_file.get("recipe"), trial, total,

@@ -21,13 +21,15 @@ SEARCH_ONLY = ("eval_every", "eval_amp")
 
 
 def write_study_file(folder: Path, spec: TuneSpec, storage: str | None, name: str) -> None:
-    """``study.json``: where the study's trials are (``storage``: None for the folder's journal) and its spec;
-    the folder goes into the runs index, so that `cifarctl runs` lists it wherever it is."""
+    """``study.json``: where the study's trials are (``storage``: None for the folder's journal; a database URL
+    without its password) and its spec; the folder goes into the runs index, so that `cifarctl runs` lists it
+    wherever it is."""
     from cifarctl.run.index import register_run
+    from cifarctl.tune.study import without_password
 
     register_run(folder)
-    write_text(folder / STUDY_FILE, json.dumps({"study": name, "storage": storage, "spec": spec.to_dict()},
-                                               indent=2) + "\n")
+    record = {"study": name, "storage": without_password(storage), "spec": spec.to_dict()}
+    write_text(folder / STUDY_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def read_study_file(folder: Path) -> dict[str, Any]:

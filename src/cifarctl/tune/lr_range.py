@@ -59,7 +59,9 @@ class RangeTest:
 
 def lr_range_test(cfg: TrainConfig, data: CIFAR10, device: torch.device, steps: int = STEPS) -> RangeTest:
     """Train ``cfg`` (its optimizer, batch, augmentation, precision) from a fresh model for at most ``steps``
-    steps, the lr growing geometrically from ``START_LR`` to ``END_LR``, every parameter group at that lr.
+    steps, the lr growing geometrically from ``START_LR`` to ``END_LR``, every parameter group at that lr times
+    its recipe's multiple of it (``norm_bias_lr_scale``: airbench's norm biases at 64x), as a trial gives them:
+    the bound is on the lr that each group of a trial may get.
     Usage: ``lr_range_test(TrainConfig.for_model("net.py:Net", optimizer="adam"), data, torch.device("cpu"))``"""
     from cifarctl.distributed import DistInfo
     from cifarctl.training.build import build_run
@@ -75,12 +77,13 @@ def lr_range_test(cfg: TrainConfig, data: CIFAR10, device: torch.device, steps: 
         parts = build_run(cfg, data, device, DistInfo(), fresh=True)
         filters = any(p.ndim == 4 and p.requires_grad for p in parts.built.model.parameters())
         norm_free = not has_norm_layers(parts.built.model)
+        multiples = [group["lr"] / cfg.lr for group in parts.optimizer.param_groups]  # cfg.lr: 1 in torch's units
         lrs, losses, smoothed, lowest = [], [], 0.0, math.inf
         batches = (batch for epoch in range(10**6) for batch in parts.loaders.train.epoch(epoch))
         for step in range(steps):
             lr = start * (end / start) ** (step / max(steps - 1, 1))
-            for group in parts.optimizer.param_groups:
-                group["lr"] = lr
+            for group, multiple in zip(parts.optimizer.param_groups, multiples):
+                group["lr"] = lr * multiple
             x, y = next(batches)
             running = RunningMetrics(device)
             parts.step(x, y, running)

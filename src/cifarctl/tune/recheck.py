@@ -21,6 +21,7 @@ from cifarctl.tune.study import TuneSpec, require_optuna
 
 SHARE = 0.2   # of the study's time budget kept for the re-check, where a study is long enough for it
 MAX_TOP = 3
+MIN_TRIALS = 6  # trial budgets a study's time must hold for a re-check: a shorter one needs all of it to search
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,9 @@ class Recheck:
 
 def plan(spec: TuneSpec) -> Recheck:
     """The study's re-check: ``spec.recheck`` configurations (``None``: as many as a fifth of the time budget
-    holds, 1 to 3), ``spec.recheck_seeds`` runs each; none where the study is shorter than four trials."""
-    if spec.recheck == 0 or spec.recheck_seeds == 0 or spec.time_budget < 4 * spec.trial_budget:
+    holds, 1 to 3), ``spec.recheck_seeds`` runs each; none where the study is shorter than ``MIN_TRIALS``
+    trials."""
+    if spec.recheck == 0 or spec.recheck_seeds == 0 or spec.time_budget < MIN_TRIALS * spec.trial_budget:
         return Recheck(0, 0)
     if spec.recheck is not None:
         return Recheck(spec.recheck, spec.recheck_seeds)

@@ -1,12 +1,12 @@
 """What ``cifarctl tune`` searches: the settings that matter for any classifier, as Optuna suggests them.
 
 Every trial starts from the model's own recipe (``TrainConfig.for_model``) and changes: the optimizer (SGD,
-Adam, and Muon where the model has conv filters for it), the peak lr, bounded by the lr range test of
-that optimizer (``cifarctl.tune.lr_range``) and scaled with the batch size (linearly for SGD, by its square
-root for Adam, as their noise scales), the classifier's lr as a share of it, batch size, weight decay,
-label smoothing, momentum, the schedule's warm-up, lookahead (an EMA of the weights), the flip's pattern,
-the random crop's shift and padding and the final evaluation's TTA level. The lr is searched as a factor of the bound (``lr_factor``), so one
-range covers every optimizer and batch; the lr it makes is recorded beside it.
+Adam, and Muon where the model has conv filters for it), the peak lr, bounded by the lr range test of that
+optimizer (``cifarctl.tune.lr_range``) and scaled down for a batch smaller than the test's (``batch_scale``),
+the classifier's lr as a share of it, batch size, weight decay, label smoothing, momentum, the schedule's
+warm-up, lookahead (an EMA of the weights), the flip's pattern, the random crop's shift and padding and the
+final evaluation's TTA level. The lr is searched as a factor of the bound (``lr_factor``), so one range
+covers every optimizer and batch; the lr it makes is recorded beside it.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def suggest(trial: Any, bounds: dict[str, float], base_batch: int, optimizers: t
     optimizer = pick("optimizer", lambda: trial.suggest_categorical("optimizer", list(optimizers)))
     batch = pick("batch_size", lambda: trial.suggest_categorical("batch_size", list(BATCH_SIZES)))
     factor = 1.0 if "lr" in fixed and optimizer != "muon" else trial.suggest_float("lr_factor", *LR_FACTORS, log=True)
-    sgd_part = bounds["sgd"] * batch / base_batch * factor  # SGD's lr (Muon's head and biases take it)
+    sgd_part = bounds["sgd"] * batch_scale("sgd", batch, base_batch) * factor  # (Muon's head and biases take it)
     if optimizer == "adam":
-        lr = pick("lr", lambda: bounds["adam"] * math.sqrt(batch / base_batch) * factor)
+        lr = pick("lr", lambda: bounds["adam"] * batch_scale("adam", batch, base_batch) * factor)
     elif optimizer == "muon":
         lr = pick("lr", lambda: trial.suggest_float("muon_lr", *MUON_LR, log=True))
     else:
@@ -78,6 +78,14 @@ def suggest(trial: Any, bounds: dict[str, float], base_batch: int, optimizers: t
     settings["tta"] = int(tta) if str(tta).isdigit() else tta
     settings.update({k: v for k, v in fixed.items() if k in settings})  # the file's word is final
     return settings
+
+
+def batch_scale(optimizer: str, batch: int, base_batch: int) -> float:
+    """The share of the range test's bound (measured at ``base_batch``) that a trial at ``batch`` may reach: less
+    for a smaller batch, as its gradient's noise grows (linearly for SGD, by the square root for Adam), never
+    more than the bound for a larger one (the most the test saw train)."""
+    ratio = min(batch / base_batch, 1.0)
+    return math.sqrt(ratio) if optimizer == "adam" else ratio
 
 
 def default_params(cfg: Any, bounds: dict[str, float], norm_free: bool) -> dict[str, Any] | None:
@@ -124,8 +132,8 @@ def good_starts(default: dict[str, Any] | None, bounds: dict[str, float], base_b
     own = {k: default[k] for k in ("lr_factor", "head_share", "weight_decay") if default and k in default}
     starts = []
     if "sgd" in optimizers and "sgd" in bounds:
-        starts.append({**common, "optimizer": "sgd", "lr_factor": _within(lr / (bounds["sgd"] * 1024 / base_batch),
-                                                                           LR_FACTORS),
+        reach = bounds["sgd"] * batch_scale("sgd", 1024, base_batch)
+        starts.append({**common, "optimizer": "sgd", "lr_factor": _within(lr / reach, LR_FACTORS),
                        "weight_decay": _within(decay, WEIGHT_DECAY), "head_share": HEAD_SHARES[1],
                        "label_smoothing": 0.2, "ema": True, "momentum": 0.85, "tta": "2"})
     if "muon" in optimizers:

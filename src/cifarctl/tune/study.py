@@ -96,6 +96,17 @@ def _journal_backend(optuna: Any, path: Path) -> Any:
     return optuna.storages.JournalFileStorage(str(path), lock_obj=optuna.storages.JournalFileOpenLock(str(path)))
 
 
+def without_password(url: str | None) -> str | None:
+    """``url`` with no password, as study.json keeps it: a joining process gives it again with ``--storage``,
+    or the database's driver finds it where it looks itself (``PGPASSWORD``, ``~/.pgpass`` for PostgreSQL)."""
+    if url is None or "://" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    if "@" in rest and ":" in rest.split("@", 1)[0]:
+        return f"{scheme}://{rest.split('@', 1)[0].split(':', 1)[0]}@{rest.split('@', 1)[1]}"
+    return url
+
+
 def _hide_password(url: str) -> str:
     scheme, _, rest = url.partition("://")
     if "@" in rest and ":" in rest.split("@", 1)[0]:
