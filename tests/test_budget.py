@@ -278,3 +278,19 @@ def test_a_refitted_plan_counts_the_evaluations_the_run_makes(monkeypatch: pytes
     every_third = budget_mod.evaluations_before_end(refitted.steps, 10, 3)
     assert refitted.evaluations == every_third != budget_mod.evaluations_before_end(refitted.steps, 10, 1)
     assert refitted.steps == plan.most_steps(32, 1000 - now[0] - plan.reserve_s - 2 * plan.final_eval_s, 2.0)
+
+
+def test_a_run_on_its_plans_pace_with_an_evaluation_every_epoch_is_never_refitted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check at an epoch's end comes after that epoch's evaluation: it is in the time measured since the last
+    check and not in what is left to plan. (Counted the other way, each check cut the plan by an evaluation and
+    a 2-minute run ended 10 s early.)"""
+    budget, plan, now = planned_at_10s(monkeypatch, 100.0, eval_every=1)
+    assert plan.eval_s == 2.0 and plan.evaluates_at(10) and not plan.evaluates_at(12)
+    for end in (10, 20, 30, 40):
+        now[0] += (end - max(end - 10, 2)) * plan.step_s + plan.eval_s  # the epoch's steps, then its evaluation
+        assert budget.refit(end) is None, end
+    assert budget.planned is plan
+    # the rest of the plan then takes the time left, less the final evaluation and the reserve, to the step
+    rest = plan.cost(40, plan.steps) - plan.eval_s
+    assert 0 <= 100 - now[0] - rest - plan.final_eval_s - plan.reserve_s < plan.step_s + plan.eval_s

@@ -151,13 +151,18 @@ class TimeBudget:
         last_time, last_step = self.last_check or self.planned_at
         if global_step <= last_step:
             return None
-        self.paces.append((now - last_time) / max(first.cost(last_step, global_step), 1e-9))
+        # ``cost(a, b)`` counts the evaluations at the epoch ends from a to before b; this one is called after
+        # the evaluation at ``global_step`` (if one was due): the window since the last check holds that one and
+        # not the one at its start, and what is left to plan holds neither.
+        paid = first.eval_s if first.evaluates_at(global_step) else 0.0
+        before = first.eval_s if first.evaluates_at(last_step) else 0.0
+        self.paces.append((now - last_time) / max(first.cost(last_step, global_step) - before + paid, 1e-9))
         self.last_check = (now, global_step)
         slowdown = statistics.median_low(self.paces[-PACE_WINDOWS:])
         final_s = first.final_eval_s * max(slowdown, 1.0)
         left = self.seconds - (now - self.clock) - plan.reserve_s - final_s
-        fits = max(first.most_steps(global_step, left, slowdown), global_step + 1)
-        behind = first.cost(global_step, plan.steps) * slowdown > left
+        fits = max(first.most_steps(global_step, left + paid * slowdown, slowdown), global_step + 1)
+        behind = (first.cost(global_step, plan.steps) - paid) * slowdown > left
         ahead = fits - plan.steps > max(EXTEND_SHARE * plan.steps, 1)
         if not (behind or ahead):
             return None

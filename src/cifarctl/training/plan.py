@@ -87,6 +87,11 @@ class BudgetPlan:
                  - evaluations_before_end(start, self.steps_per_epoch, self.eval_every))
         return early * self.step_s + (stop - start - early) * later_s + evals * self.eval_s
 
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the run makes a per-epoch evaluation at ``step`` (an epoch's end that is due one)."""
+        return (self.eval_every > 0 and step > 0 and step % self.steps_per_epoch == 0
+                and (step // self.steps_per_epoch) % self.eval_every == 0)
+
     def most_steps(self, start: int, seconds: float, slowdown: float = 1.0) -> int:
         """The largest step count ``n`` whose steps from ``start`` cost at most ``seconds`` at ``slowdown`` times the
         planned pace (``start`` when not one more fits)."""
