@@ -85,7 +85,7 @@ def open_storage(folder: Path, url: str | None) -> Any:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # sqlalchemy's OperationalError, a missing driver (ModuleNotFoundError), a bad URL
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--storage {_hide_password(url)}: cannot open it ({reason[:200]}); check the URL, that "
+        raise UsageError(f"--storage {without_password(url)}: cannot open it ({reason[:200]}); check the URL, that "
                          "the server runs, and its driver (pip install 'psycopg[binary]' for postgresql://)") from None
 
 
@@ -104,14 +104,6 @@ def without_password(url: str | None) -> str | None:
     scheme, _, rest = url.partition("://")
     if "@" in rest and ":" in rest.split("@", 1)[0]:
         return f"{scheme}://{rest.split('@', 1)[0].split(':', 1)[0]}@{rest.split('@', 1)[1]}"
-    return url
-
-
-def _hide_password(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    if "@" in rest and ":" in rest.split("@", 1)[0]:
-        user = rest.split("@", 1)[0].split(":", 1)[0]
-        return f"{scheme}://{user}:***@{rest.split('@', 1)[1]}"
     return url
 
 
